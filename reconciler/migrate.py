@@ -1,0 +1,80 @@
+"""Applies the packaged SQL migrations once each, recorded in `ranking.schema_migrations`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from importlib import resources
+
+from replicator.postgres import connect, translated_errors
+from replicator.secrets import Dsn
+
+logger = logging.getLogger(__name__)
+
+# Serializes concurrent `reconciler migrate` runs (an arbitrary, fixed advisory lock key).
+_MIGRATION_LOCK = 0x5EC0_0001
+
+_LEDGER = """
+CREATE SCHEMA IF NOT EXISTS ranking;
+CREATE TABLE IF NOT EXISTS ranking.schema_migrations (
+    version    text        PRIMARY KEY,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def packaged_migrations() -> list[Migration]:
+    folder = resources.files("reconciler.migrations")
+    return [
+        Migration(entry.name.removesuffix(".sql"), entry.read_text(encoding="utf-8"))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".sql")
+    ]
+
+
+def migrate(dsn: Dsn, *, connect_timeout: int = 10) -> list[str]:
+    """Applies pending migrations, each in its own transaction; returns the versions applied."""
+    applied: list[str] = []
+    with (
+        connect(
+            dsn, application_name="reconciler-migrate", connect_timeout=connect_timeout
+        ) as conn,
+        translated_errors(dsn, "migration failed"),
+    ):
+        conn.execute("SELECT pg_catalog.pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(_LEDGER)
+        conn.commit()
+        done = {
+            version: checksum
+            for version, checksum in conn.execute(
+                "SELECT version, checksum FROM ranking.schema_migrations"
+            ).fetchall()
+        }
+        for migration in packaged_migrations():
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    logger.warning("migration %s changed since it was applied", migration.version)
+                continue
+            with conn.transaction():
+                conn.execute(migration.text.encode())
+                conn.execute(
+                    "INSERT INTO ranking.schema_migrations (version, checksum) VALUES (%s, %s)",
+                    (migration.version, migration.checksum),
+                )
+            logger.info("applied migration %s", migration.version)
+            applied.append(migration.version)
+        conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+        conn.commit()
+    return applied

@@ -1,0 +1,56 @@
+"""The thin writer: replicates a month of each signal table from Delta Lake to Postgres.
+
+The ranking job calls `write_signals_for_year_month(year_month)` right after its Delta writes.
+"""
+
+from __future__ import annotations
+
+from replicator.config import Settings, TableSpec, load_settings
+from replicator.writer import MonthWriter, WriteResult, write_months
+from replicator.yearmonth import YearMonth
+
+
+def write_month(
+    table: str,
+    year_month: str | YearMonth,
+    *,
+    delta_version: int | None = None,
+    allow_empty: bool = False,
+    force: bool = False,
+    settings: Settings | None = None,
+) -> WriteResult:
+    """Replicates one month of one configured table (settings from the environment by default)."""
+    settings = settings or load_settings()
+    month = year_month if isinstance(year_month, YearMonth) else YearMonth.parse(year_month)
+    return MonthWriter(settings).write_month(
+        settings.table(table),
+        month,
+        delta_version=delta_version,
+        allow_empty=allow_empty,
+        force=force,
+    )
+
+
+def write_signals_for_year_month(
+    year_month: str | YearMonth, *, settings: Settings | None = None
+) -> list[WriteResult]:
+    """Replicates the month of every configured signal table.
+
+    `POSTGRES_DSN` unset: logs that replication is skipped and returns. Failures raise unless
+    `POSTGRES_SIGNALS_WRITE_REQUIRED=false`, in which case they are logged, recorded in
+    `ranking.signal_sync_state`, and returned with status `failed`.
+    """
+    settings = settings or load_settings()
+    month = year_month if isinstance(year_month, YearMonth) else YearMonth.parse(year_month)
+    return write_months(settings, month, settings.tables)
+
+
+__all__ = [
+    "MonthWriter",
+    "Settings",
+    "TableSpec",
+    "WriteResult",
+    "YearMonth",
+    "write_month",
+    "write_signals_for_year_month",
+]

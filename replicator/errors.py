@@ -1,0 +1,23 @@
+"""Exception types shared by the writer, the reconciler and their command lines."""
+
+from __future__ import annotations
+
+
+class ReplicationError(Exception):
+    """Base class: an error whose message is safe to show (no DSN, no password)."""
+
+
+class InputError(ReplicationError):
+    """Bad input, found before anything was written (CLI exit code 2)."""
+
+
+class PostgresError(ReplicationError):
+    """Postgres failed or could not be reached (CLI exit code 2)."""
+
+
+class DeltaError(ReplicationError):
+    """The Delta table or the requested snapshot cannot be read (CLI exit code 2)."""
+
+
+class StaleSnapshotError(ReplicationError):
+    """Postgres already holds this month from a newer Delta version (CLI exit code 1)."""

@@ -1,0 +1,436 @@
+"""The transactional month write: lock, delete, bulk COPY, verify, record, commit.
+
+One Postgres transaction per (table, month). Readers of the month see the old rows or the
+new rows, never a mix; the sync state row is written in the same transaction, so it always
+describes what is there. The COPY streams Arrow batches straight from the Delta snapshot via
+ADBC's binary COPY, so memory does not grow with the month.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import adbc_driver_manager
+import adbc_driver_postgresql.dbapi as adbc
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
+
+from replicator.config import Settings, TableSpec
+from replicator.delta import DeltaTableReader
+from replicator.errors import (
+    DeltaError,
+    InputError,
+    PostgresError,
+    ReplicationError,
+    StaleSnapshotError,
+)
+from replicator.postgres import connect, conninfo, translated_errors
+from replicator.schema import (
+    PARTITION_COLUMN,
+    Kind,
+    TableSchema,
+    postgres_columns,
+    reconcile_schemas,
+)
+from replicator.secrets import Dsn
+from replicator.yearmonth import YearMonth
+
+logger = logging.getLogger(__name__)
+
+SYNC_STATE = sql.Identifier("ranking", "signal_sync_state")
+
+
+def month_lock_sql(table_param: str, month_param: str) -> sql.Composed:
+    """The transaction-scoped advisory lock that serializes writers of one (table, month).
+
+    The key is (hashtext(qualified table), YYYYMM); the daemon looks for it in pg_locks to
+    tell a replication in flight.
+    """
+    return sql.SQL("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext({}), {})").format(
+        sql.SQL(table_param), sql.SQL(month_param)
+    )
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    table: str
+    year_month: str
+    status: str  # written | skipped | stale | failed
+    delta_version: int | None = None
+    rows: int = 0
+    duration_seconds: float = 0.0
+    run_id: str = ""
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _adbc_sql(query: sql.Composable) -> str:
+    return query.as_string(None)
+
+
+class _BatchStream:
+    """Feeds the month's batches to COPY, cast to the Postgres column types, checking as it goes.
+
+    An error raised inside the stream would reach us mangled through the C stream interface,
+    so it is kept here and re-raised by the writer once the COPY has failed.
+    """
+
+    def __init__(self, schema: TableSchema, batches: Iterator[pa.RecordBatch]) -> None:
+        self.schema = schema
+        self.target = pa.schema([pa.field(c.name, c.type.arrow) for c in schema.columns])
+        self.batches = batches
+        self.rows = 0
+        self.error: ReplicationError | None = None
+        self._strings = [
+            c.name
+            for c in schema.columns
+            if c.type.kind is Kind.STRING and c.name != PARTITION_COLUMN
+        ]
+
+    def reader(self) -> pa.RecordBatchReader:
+        return pa.RecordBatchReader.from_batches(self.target, self._generate())
+
+    def _generate(self) -> Iterator[pa.RecordBatch]:
+        try:
+            for raw in self.batches:
+                batch = raw.select(self.target.names).cast(self.target)
+                self._reject_nul(batch)
+                self.rows += batch.num_rows
+                yield batch
+        except ReplicationError as exc:
+            self.error = exc
+            raise
+
+    def _reject_nul(self, batch: pa.RecordBatch) -> None:
+        for name in self._strings:
+            has_nul = pc.fill_null(pc.match_substring(batch.column(name), "\x00"), False)
+            if pc.any(has_nul).as_py():
+                row = pc.index(has_nul, True).as_py()
+                key = {k: str(batch.column(k)[row].as_py()) for k in self.schema.spec.key_columns}
+                raise InputError(
+                    f"table {self.schema.spec.name}: column {name!r} of the row with key {key} "
+                    "contains a NUL byte, which Postgres text cannot hold"
+                )
+
+
+class MonthWriter:
+    """Replicates months of configured tables from Delta to Postgres."""
+
+    def __init__(
+        self, settings: Settings, *, run_id: str | None = None, application_name: str = "replicator"
+    ) -> None:
+        self.settings = settings
+        self.run_id = run_id or new_run_id()
+        self.application_name = application_name
+
+    # -- public ---------------------------------------------------------------------------
+    def write_month(
+        self,
+        spec: TableSpec,
+        year_month: YearMonth,
+        *,
+        delta_version: int | None = None,
+        allow_empty: bool = False,
+        force: bool = False,
+    ) -> WriteResult:
+        """Replicates one month; honours `write_required` for failures (see SPEC)."""
+        started = time.monotonic()
+        dsn = self.settings.dsn
+        if dsn is None:
+            logger.warning(
+                "POSTGRES_DSN is not set: replication of %s %s skipped", spec.name, year_month
+            )
+            return WriteResult(
+                spec.name,
+                str(year_month),
+                "skipped",
+                run_id=self.run_id,
+                message="POSTGRES_DSN not set",
+            )
+        try:
+            result = self._write(dsn, spec, year_month, delta_version, allow_empty, force, started)
+        except StaleSnapshotError as exc:
+            logger.warning("%s", exc, extra={"table": spec.name, "year_month": str(year_month)})
+            if self.settings.write_required:
+                raise
+            return WriteResult(
+                spec.name, str(year_month), "stale", run_id=self.run_id, message=str(exc)
+            )
+        except ReplicationError as exc:
+            self._record_failure(dsn, spec, year_month, str(exc))
+            logger.error(
+                "replication of %s %s failed: %s",
+                spec.name,
+                year_month,
+                exc,
+                extra={"table": spec.name, "year_month": str(year_month), "run_id": self.run_id},
+            )
+            if self.settings.write_required:
+                raise
+            return WriteResult(
+                spec.name,
+                str(year_month),
+                "failed",
+                run_id=self.run_id,
+                duration_seconds=time.monotonic() - started,
+                message=str(exc),
+            )
+        logger.info(
+            "replicated %s %s from Delta version %s: %d rows in %.2fs",
+            spec.name,
+            year_month,
+            result.delta_version,
+            result.rows,
+            result.duration_seconds,
+            extra={
+                "table": spec.name,
+                "year_month": str(year_month),
+                "run_id": self.run_id,
+                "delta_version": result.delta_version,
+                "rows": result.rows,
+            },
+        )
+        return result
+
+    # -- the transaction -----------------------------------------------------------------
+    def _write(
+        self,
+        dsn: Dsn,
+        spec: TableSpec,
+        year_month: YearMonth,
+        delta_version: int | None,
+        allow_empty: bool,
+        force: bool,
+        started: float,
+    ) -> WriteResult:
+        reader = DeltaTableReader(
+            spec, self.settings.table_uri(spec), self.settings.storage_options, delta_version
+        )
+        if not reader.has_month(year_month) and not allow_empty:
+            raise InputError(
+                f"table {spec.name}: month {year_month} is absent from Delta version "
+                f"{reader.version}; refusing to empty it in Postgres (pass --allow-empty)"
+            )
+        with self._connect(dsn) as meta, translated_errors(dsn, f"table {spec.name}"):
+            pg_columns = postgres_columns(meta, spec)
+        schema = reconcile_schemas(spec, reader.columns(), pg_columns)
+        conn = self._connect_adbc(dsn)
+        try:
+            with conn.cursor() as cur:
+                rows = self._transaction(conn, cur, dsn, schema, reader, year_month, force)
+        except adbc_driver_manager.Error as exc:
+            raise PostgresError(
+                f"table {spec.name} {year_month}: Postgres failed: {dsn.scrub(str(exc)).strip()}"
+            ) from None
+        finally:
+            with contextlib.suppress(adbc_driver_manager.Error):
+                conn.close()
+        return WriteResult(
+            spec.name,
+            str(year_month),
+            "written",
+            reader.version,
+            rows,
+            time.monotonic() - started,
+            self.run_id,
+        )
+
+    def _transaction(
+        self,
+        conn: Any,
+        cur: Any,
+        dsn: Dsn,
+        schema: TableSchema,
+        reader: DeltaTableReader,
+        year_month: YearMonth,
+        force: bool,
+    ) -> int:
+        spec = schema.spec
+        qualified = f"{spec.postgres_schema}.{spec.postgres_table}"
+        cur.execute(_adbc_sql(month_lock_sql("$1", "$2::integer")), (qualified, year_month.lock_key))
+        cur.fetchall()
+        cur.execute(
+            _adbc_sql(
+                sql.SQL(
+                    "SELECT delta_version FROM {} WHERE table_name = $1 "
+                    "AND year_month = $2 FOR UPDATE"
+                ).format(SYNC_STATE)
+            ),
+            (spec.name, str(year_month)),
+        )
+        held = cur.fetchall()
+        if held and held[0][0] is not None and held[0][0] > reader.version and not force:
+            conn.rollback()
+            raise StaleSnapshotError(
+                f"table {spec.name}: Postgres holds {year_month} from Delta version {held[0][0]}, "
+                f"newer than version {reader.version}; not replacing it (use --force)"
+            )
+        cur.execute(
+            _adbc_sql(
+                sql.SQL("DELETE FROM {} WHERE year_month = $1").format(schema.qualified_table)
+            ),
+            (str(year_month),),
+        )
+        stream = _BatchStream(
+            schema, reader.scan_month(year_month, schema.names, self.settings.batch_rows)
+        )
+        try:
+            cur.adbc_ingest(
+                spec.postgres_table,
+                stream.reader(),
+                mode="append",
+                db_schema_name=spec.postgres_schema,
+            )
+        except Exception:
+            conn.rollback()
+            if stream.error is not None:
+                raise stream.error from None
+            raise
+        if self.settings.verify_counts:
+            self._verify_counts(cur, schema, reader, year_month, stream.rows, conn)
+        cur.execute(
+            _adbc_sql(
+                sql.SQL(
+                    "INSERT INTO {} AS s (table_name, year_month, delta_version, row_count,"
+                    " synced_at, run_id, consecutive_failures) VALUES ($1, $2, $3, $4, now(), $5, 0)"
+                    " ON CONFLICT (table_name, year_month) DO UPDATE SET"
+                    " delta_version = EXCLUDED.delta_version, row_count = EXCLUDED.row_count,"
+                    " synced_at = EXCLUDED.synced_at, run_id = EXCLUDED.run_id,"
+                    " consecutive_failures = 0"
+                ).format(SYNC_STATE)
+            ),
+            (spec.name, str(year_month), reader.version, stream.rows, self.run_id),
+        )
+        try:
+            conn.commit()
+        except adbc_driver_manager.Error:
+            # The acknowledgement may be lost after the server committed: sync state knows.
+            if self._commit_landed(dsn, spec, year_month):
+                logger.warning(
+                    "commit acknowledgement lost for %s %s, but run %s landed",
+                    spec.name,
+                    year_month,
+                    self.run_id,
+                )
+                return stream.rows
+            raise
+        return stream.rows
+
+    def _verify_counts(
+        self,
+        cur: Any,
+        schema: TableSchema,
+        reader: DeltaTableReader,
+        year_month: YearMonth,
+        streamed: int,
+        conn: Any,
+    ) -> None:
+        cur.execute(
+            _adbc_sql(
+                sql.SQL("SELECT count(*) FROM {} WHERE year_month = $1").format(
+                    schema.qualified_table
+                )
+            ),
+            (str(year_month),),
+        )
+        in_postgres = int(cur.fetchall()[0][0])
+        in_delta = reader.month_row_count(year_month)
+        expected = streamed if in_delta is None else in_delta
+        if in_postgres != expected or streamed != expected:
+            conn.rollback()
+            raise PostgresError(
+                f"table {schema.spec.name} {year_month}: count check failed: Delta has "
+                f"{expected} rows, {streamed} were copied, Postgres holds {in_postgres}; "
+                "rolled back"
+            )
+
+    # -- bookkeeping outside the write transaction ----------------------------------------
+    def _connect_adbc(self, dsn: Dsn) -> Any:
+        try:
+            return adbc.connect(
+                conninfo(dsn, self.application_name, self.settings.connect_timeout_seconds)
+            )
+        except adbc_driver_manager.Error as exc:
+            raise PostgresError(
+                f"cannot connect to Postgres at {dsn.target}: {dsn.scrub(str(exc)).strip()}"
+            ) from None
+
+    def _connect(self, dsn: Dsn) -> psycopg.Connection[Any]:
+        return connect(
+            dsn,
+            application_name=self.application_name,
+            connect_timeout=self.settings.connect_timeout_seconds,
+        )
+
+    def _commit_landed(self, dsn: Dsn, spec: TableSpec, year_month: YearMonth) -> bool:
+        try:
+            with self._connect(dsn) as conn:
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT run_id FROM {} WHERE table_name = %s AND year_month = %s"
+                    ).format(SYNC_STATE),
+                    (spec.name, str(year_month)),
+                ).fetchone()
+        except (PostgresError, psycopg.Error):
+            return False
+        return row is not None and row[0] == self.run_id
+
+    def _record_failure(
+        self, dsn: Dsn, spec: TableSpec, year_month: YearMonth, reason: str
+    ) -> None:
+        """Best effort, in its own transaction: the failure must be visible in sync state."""
+        try:
+            with self._connect(dsn) as conn:
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} AS s (table_name, year_month, last_failure_at,"
+                        " last_failure_reason, last_failure_run_id, consecutive_failures)"
+                        " VALUES (%s, %s, now(), %s, %s, 1)"
+                        " ON CONFLICT (table_name, year_month) DO UPDATE SET"
+                        " last_failure_at = now(),"
+                        " last_failure_reason = EXCLUDED.last_failure_reason,"
+                        " last_failure_run_id = EXCLUDED.last_failure_run_id,"
+                        " consecutive_failures = s.consecutive_failures + 1"
+                    ).format(SYNC_STATE),
+                    (spec.name, str(year_month), " ".join(dsn.scrub(reason).split())[:2000], self.run_id),
+                )
+        except (PostgresError, psycopg.Error) as exc:
+            logger.warning(
+                "could not record the failure in sync state: %s", dsn.scrub(str(exc)).strip()
+            )
+
+
+def write_months(
+    settings: Settings,
+    year_month: YearMonth,
+    tables: tuple[TableSpec, ...],
+    *,
+    delta_version: int | None = None,
+    allow_empty: bool = False,
+    force: bool = False,
+    run_id: str | None = None,
+) -> list[WriteResult]:
+    writer = MonthWriter(settings, run_id=run_id)
+    return [
+        writer.write_month(
+            spec, year_month, delta_version=delta_version, allow_empty=allow_empty, force=force
+        )
+        for spec in tables
+    ]
+
+
+__all__ = ["DeltaError", "MonthWriter", "WriteResult", "write_months"]
