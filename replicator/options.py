@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import setproctitle
@@ -25,7 +25,7 @@ EXIT_ERROR = 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class YearMonthType(click.ParamType):
+class YearMonthType(click.ParamType):  # type: ignore[type-arg]
     name = "YYYY-MM"
 
     def convert(
@@ -71,7 +71,7 @@ def build_settings(dsn: str | None, delta_root: str | None, config_path: str | N
         fail(str(exc))
 
 
-def fail(message: str, code: int = EXIT_ERROR) -> Any:
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 

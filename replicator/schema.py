@@ -72,10 +72,10 @@ class ColumnType:
     def __str__(self) -> str:
         if self.kind is Kind.DECIMAL:
             return f"decimal({self.precision},{self.scale})"
-        return self.kind.value
+        return str(self.kind.value)
 
 
-_POSTGRES = {
+_POSTGRES: dict[Kind, str] = {
     Kind.STRING: "text",
     Kind.LONG: "bigint",
     Kind.INTEGER: "integer",

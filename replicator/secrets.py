@@ -43,7 +43,7 @@ class Dsn:
 
     __str__ = __repr__
 
-    def conninfo(self, **overrides: object) -> str:
+    def conninfo(self, **overrides: str | int | None) -> str:
         """The libpq connection string, for drivers only; never log it."""
         return make_conninfo(self._raw, **overrides)
 

@@ -261,7 +261,9 @@ class MonthWriter:
     ) -> int:
         spec = schema.spec
         qualified = f"{spec.postgres_schema}.{spec.postgres_table}"
-        cur.execute(_adbc_sql(month_lock_sql("$1", "$2::integer")), (qualified, year_month.lock_key))
+        cur.execute(
+            _adbc_sql(month_lock_sql("$1", "$2::integer")), (qualified, year_month.lock_key)
+        )
         cur.fetchall()
         cur.execute(
             _adbc_sql(
@@ -306,7 +308,8 @@ class MonthWriter:
             _adbc_sql(
                 sql.SQL(
                     "INSERT INTO {} AS s (table_name, year_month, delta_version, row_count,"
-                    " synced_at, run_id, consecutive_failures) VALUES ($1, $2, $3, $4, now(), $5, 0)"
+                    " synced_at, run_id, consecutive_failures)"
+                    " VALUES ($1, $2, $3, $4, now(), $5, 0)"
                     " ON CONFLICT (table_name, year_month) DO UPDATE SET"
                     " delta_version = EXCLUDED.delta_version, row_count = EXCLUDED.row_count,"
                     " synced_at = EXCLUDED.synced_at, run_id = EXCLUDED.run_id,"
@@ -406,7 +409,12 @@ class MonthWriter:
                         " last_failure_run_id = EXCLUDED.last_failure_run_id,"
                         " consecutive_failures = s.consecutive_failures + 1"
                     ).format(SYNC_STATE),
-                    (spec.name, str(year_month), " ".join(dsn.scrub(reason).split())[:2000], self.run_id),
+                    (
+                        spec.name,
+                        str(year_month),
+                        " ".join(dsn.scrub(reason).split())[:2000],
+                        self.run_id,
+                    ),
                 )
         except (PostgresError, psycopg.Error) as exc:
             logger.warning(

@@ -1,0 +1,1 @@
+"""Prometheus metrics of the reconciler and the HTTP endpoint that serves them."""

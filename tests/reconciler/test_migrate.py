@@ -1,0 +1,101 @@
+"""Migrations and least-privilege roles against a real Postgres."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from reconciler.migrate import migrate, packaged_migrations
+from replicator.secrets import Dsn
+
+pytestmark = pytest.mark.integration
+
+
+def test_migrate_is_idempotent_and_recorded(pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    assert migrate(Dsn(pg_dsn)) == []
+    versions = [
+        v
+        for (v,) in pg.execute(
+            "SELECT version FROM ranking.schema_migrations ORDER BY version"
+        ).fetchall()
+    ]
+    assert versions == [m.version for m in packaged_migrations()]
+
+
+@pytest.fixture
+def login_as(pg_dsn: str, pg: psycopg.Connection[Any]) -> Iterator[Any]:
+    """login_as(group_role) -> a connection as a fresh login user that is a member of it."""
+    created: list[str] = []
+
+    def login(group: str) -> psycopg.Connection[Any]:
+        name = f"rt_{group}_{uuid.uuid4().hex[:6]}"
+        pg.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(name), sql.Identifier(group)
+            )
+        )
+        created.append(name)
+        return psycopg.connect(make_conninfo(pg_dsn, user=name), autocommit=True)
+
+    pg.execute("CREATE TABLE IF NOT EXISTS public.unrelated (x int)")
+    yield login
+    for name in created:
+        pg.execute(
+            sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(
+                sql.Identifier(name), sql.Identifier(name)
+            )
+        )
+
+
+FORBIDDEN_FOR_WRITER = [
+    "DROP TABLE ranking.ranking_signal",
+    "TRUNCATE ranking.ranking_signal",
+    "ALTER TABLE ranking.ranking_signal ADD COLUMN x int",
+    "DELETE FROM ranking.schema_migrations",
+    "SELECT * FROM public.unrelated",
+    "INSERT INTO public.unrelated VALUES (1)",
+    "CREATE TABLE ranking.mine (x int)",
+    "UPDATE ranking.ranking_signal SET rank = 1",
+]
+
+
+@pytest.mark.parametrize("statement", FORBIDDEN_FOR_WRITER)
+def test_writer_cannot_do_more_than_replace_months(login_as: Any, statement: str) -> None:
+    with login_as("ranking_writer") as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(statement)
+
+
+def test_writer_can_replace_a_month_and_record_it(login_as: Any) -> None:
+    with login_as("ranking_writer") as conn, conn.transaction():
+        conn.execute("DELETE FROM ranking.ranking_signal WHERE year_month = '2026-10'")
+        conn.execute(
+            "INSERT INTO ranking.ranking_signal VALUES"
+            " ('2026-10', '2026-10-01', 'e', 'ctr', 1, 1, now())"
+        )
+        conn.execute(
+            "INSERT INTO ranking.signal_sync_state (table_name, year_month,"
+            " delta_version) VALUES ('ranking_signal', '2026-10', 1)"
+            " ON CONFLICT (table_name, year_month) DO UPDATE SET delta_version = 2"
+        )
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO ranking.ranking_signal"
+        " VALUES ('2026-10', '2026-10-01', 'e', 'ctr', 1, 1, now())",
+        "DELETE FROM ranking.ranking_signal",
+        "SELECT * FROM ranking.signal_sync_state",
+    ],
+)
+def test_reader_only_reads_signals(login_as: Any, statement: str) -> None:
+    with login_as("ranking_reader") as conn:
+        conn.execute("SELECT count(*) FROM ranking.composite_signal_daily")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
