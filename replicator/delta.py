@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-from deltalake import DeltaTable
+from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import DeltaError as _DeltaLibError
 from deltalake.exceptions import TableNotFoundError
 
@@ -126,20 +125,27 @@ class DeltaTableReader:
     def scan_month(
         self, year_month: YearMonth, columns: list[str], batch_rows: int
     ) -> Iterator[pa.RecordBatch]:
-        """The month's rows in batches of at most `batch_rows`; memory stays bounded."""
+        """The month's rows in batches of about `batch_rows`; memory stays bounded.
+
+        delta-rs's DataFusion engine streams the scan (deletion vectors and column mapping
+        included); its small batches are gathered up to `batch_rows` rows.
+        """
+        select = ", ".join(quote_identifier(c) for c in columns)
+        # The month is a validated YearMonth (digits and one dash), safe as a literal here.
+        query = f"SELECT {select} FROM month_source WHERE year_month = '{year_month}'"  # noqa: S608
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
         try:
-            dataset = self.table.to_pyarrow_dataset()
-            scanner = dataset.scanner(
-                columns=columns,
-                filter=pc.field(PARTITION_COLUMN) == str(year_month),
-                batch_size=batch_rows,
-                batch_readahead=2,
-                fragment_readahead=1,
-            )
-            for batch in scanner.to_batches():
-                if batch.num_rows:
-                    yield batch
-        except (_DeltaLibError, OSError, pa.ArrowException) as exc:
+            stream = QueryBuilder().register("month_source", self.table).execute(query)
+            for batch in pa.RecordBatchReader.from_stream(stream):
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                if pending_rows >= batch_rows:
+                    yield _concat(pending)
+                    pending, pending_rows = [], 0
+            if pending_rows:
+                yield _concat(pending)
+        except Exception as exc:  # delta-rs raises several unrelated types for unreadable files
             raise DeltaError(
                 f"table {self.spec.name}: cannot read {year_month} at version {self.version}: "
                 f"{exc} (was this version vacuumed?)"
@@ -152,3 +158,13 @@ class DeltaTableReader:
         except _DeltaLibError as exc:
             raise DeltaError(f"table {self.spec.name}: cannot read history: {exc}") from None
         return {int(h["version"]): h["timestamp"] / 1000.0 for h in history if "version" in h}
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
