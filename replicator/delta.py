@@ -164,7 +164,17 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_PLAIN = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+
+
 def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
-    if len(batches) == 1:
-        return batches[0]
-    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+    """One batch of plain Arrow types (DataFusion hands out string views in small batches)."""
+    batch = (
+        batches[0]
+        if len(batches) == 1
+        else pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+    )
+    if any(f.type in _PLAIN for f in batch.schema):
+        schema = pa.schema([f.with_type(_PLAIN.get(f.type, f.type)) for f in batch.schema])
+        batch = batch.cast(schema)
+    return batch

@@ -207,5 +207,4 @@ ORDER BY a.attnum
 def postgres_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> list[tuple[str, str, bool]]:
     """(name, format_type, nullable) of each column of the table's Postgres side, in order."""
     rows = conn.execute(_POSTGRES_COLUMNS, (spec.postgres_schema, spec.postgres_table)).fetchall()
-    conn.rollback()
     return [(str(name), str(type_name), bool(nullable)) for name, type_name, nullable in rows]

@@ -1,0 +1,257 @@
+"""The two sides of a comparison behind one interface: each computes a month's count, its
+digest, and the fingerprints of the rows in chosen buckets, where its data lives.
+
+`PostgresSide` runs one server-side query per question (no rows transferred for a digest);
+`DeltaSide` streams the snapshot through DataFusion in bounded batches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import logging
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import datafusion
+import numpy as np
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from reconciler.digest import (
+    DATAFUSION,
+    KNOWN_ANSWER_TEXT,
+    POSTGRES,
+    DigestAccumulator,
+    MonthDigest,
+    postgres_bucket,
+    postgres_hash,
+    prepare_batch,
+)
+from reconciler.jenkins import as_signed, hash_bytes_extended
+from replicator.delta import DeltaTableReader
+from replicator.errors import PostgresError
+from replicator.schema import TableSchema
+from replicator.yearmonth import YearMonth
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RowFingerprint:
+    """One row as the diff sees it: its key for people, and encodings to compare."""
+
+    key: tuple[Any, ...]
+    key_hash: int
+    row_hash: int
+    fields: tuple[str, ...]
+
+
+def display_value(value: Any) -> Any:
+    """A key value as JSON shows it, the same whichever side it came from."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC)
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MonthSide(ABC):
+    """One side of the comparison of one month of one table."""
+
+    name: str
+
+    def __init__(self, schema: TableSchema, year_month: YearMonth) -> None:
+        self.schema = schema
+        self.year_month = year_month
+
+    @abstractmethod
+    def count(self) -> int: ...
+
+    @abstractmethod
+    def digest(self, buckets: int) -> MonthDigest: ...
+
+    @abstractmethod
+    def fingerprints(self, buckets: int, selected: list[int]) -> list[RowFingerprint]:
+        """Rows whose key falls in one of the `selected` buckets."""
+
+
+class PostgresSide(MonthSide):
+    """Postgres, inside the caller's (REPEATABLE READ) transaction on `conn`."""
+
+    name = "postgres"
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], schema: TableSchema, year_month: YearMonth
+    ) -> None:
+        super().__init__(schema, year_month)
+        self.conn = conn
+        self._key = POSTGRES.row(schema.key_columns)
+        self._row = POSTGRES.row(schema.value_columns)
+
+    def verify_hash_function(self) -> None:
+        """Refuses to compare when the server's hash differs from ours (a big-endian server)."""
+        row = self.conn.execute(
+            sql.SQL("SELECT {}").format(sql.SQL(postgres_hash("%s::text"))), (KNOWN_ANSWER_TEXT,)
+        ).fetchone()
+        expected = int(as_signed(hash_bytes_extended(pa.array([KNOWN_ANSWER_TEXT])))[0])
+        if row is None or int(row[0]) != expected:
+            raise PostgresError(
+                "this Postgres server's hashtextextended() differs from the hash contract "
+                "(a big-endian server?); digests cannot be compared"
+            )
+
+    def count(self) -> int:
+        query = sql.SQL("SELECT count(*) FROM {} WHERE year_month = %s").format(
+            self.schema.qualified_table
+        )
+        row = self.conn.execute(query, (str(self.year_month),)).fetchone()
+        return int(row[0]) if row else 0
+
+    def digest(self, buckets: int) -> MonthDigest:
+        query = sql.SQL(
+            "SELECT bucket, count(*), sum(h) FROM (SELECT {bucket} AS bucket, {hash} AS h"
+            " FROM {table} WHERE year_month = %s) rows GROUP BY bucket"
+        ).format(
+            bucket=sql.SQL(postgres_bucket(self._key, buckets)),
+            hash=sql.SQL(postgres_hash(self._row)),
+            table=self.schema.qualified_table,
+        )
+        # JIT compiling this expression costs more than it saves on a month's rows.
+        self.conn.execute("SET LOCAL jit = off")
+        rows = self.conn.execute(query, (str(self.year_month),)).fetchall()
+        return MonthDigest.from_pairs(buckets, [(int(b), int(c), int(s)) for b, c, s in rows])
+
+    def fingerprints(self, buckets: int, selected: list[int]) -> list[RowFingerprint]:
+        keys = [sql.Identifier(c.name) for c in self.schema.key_columns]
+        fields = [sql.SQL(POSTGRES.field(c)) for c in self.schema.value_columns]
+        query = sql.SQL(
+            "SELECT {keys}, {key}, {row}, {fields} FROM {table}"
+            " WHERE year_month = %s AND {bucket} = ANY(%s)"
+        ).format(
+            keys=sql.SQL(", ").join(keys),
+            key=sql.SQL(postgres_hash(self._key)),
+            row=sql.SQL(postgres_hash(self._row)),
+            fields=sql.SQL(", ").join(fields),
+            table=self.schema.qualified_table,
+            bucket=sql.SQL(postgres_bucket(self._key, buckets)),
+        )
+        width = len(keys)
+        return [
+            RowFingerprint(
+                tuple(display_value(v) for v in row[:width]),
+                row[width],
+                row[width + 1],
+                tuple(row[width + 2 :]),
+            )
+            for row in self.conn.execute(query, (str(self.year_month), selected))
+        ]
+
+
+class DeltaSide(MonthSide):
+    """The Delta snapshot at the reader's pinned version, hashed by DataFusion batch by batch."""
+
+    name = "delta"
+
+    def __init__(
+        self, reader: DeltaTableReader, schema: TableSchema, year_month: YearMonth, batch_rows: int
+    ) -> None:
+        super().__init__(schema, year_month)
+        self.reader = reader
+        self.batch_rows = batch_rows
+        self._columns = schema.value_columns
+        self._key = DATAFUSION.row(schema.key_columns)
+        self._row = DATAFUSION.row(self._columns)
+        self._context = datafusion.SessionContext()
+
+    def count(self) -> int:
+        counted = self.reader.month_row_count(self.year_month)
+        if counted is not None:
+            return counted
+        return sum(b.num_rows for b in self._batches())
+
+    def _batches(self) -> Any:
+        names = [c.name for c in self._columns]
+        return self.reader.scan_month(self.year_month, names, self.batch_rows)
+
+    def _query(self, batch: pa.RecordBatch, select: str) -> list[pa.RecordBatch]:
+        """Runs `select` (over table `b`) on one batch, in two partitions for two cores."""
+        half = max(1, batch.num_rows // 2)
+        parts = [[batch.slice(0, half)], [batch.slice(half)]] if batch.num_rows > 1 else [[batch]]
+        self._context.register_record_batches("b", parts)
+        try:
+            return list(self._context.sql(select).collect())
+        finally:
+            self._context.deregister_table("b")
+
+    def digest(self, buckets: int) -> MonthDigest:
+        accumulator = DigestAccumulator(buckets)
+        # One bucket (the check) needs no key encoding at all.
+        key = self._key if buckets > 1 else "''"
+        select = f"SELECT {key} AS k, {self._row} AS r FROM b"  # noqa: S608
+        mask = np.uint64(buckets - 1)
+        for batch in self._batches():
+            result = pa.Table.from_batches(self._query(prepare_batch(batch, self._columns), select))
+            if not result.num_rows:
+                continue
+            hashes = hash_bytes_extended(result.column("r"))
+            if buckets > 1:
+                accumulator.add(hash_bytes_extended(result.column("k")) & mask, hashes)
+            else:
+                accumulator.add(np.zeros(len(hashes), dtype=np.uint64), hashes)
+        return accumulator.result()
+
+    def fingerprints(self, buckets: int, selected: list[int]) -> list[RowFingerprint]:
+        wanted = np.array(sorted(selected), dtype=np.uint64)
+        mask = np.uint64(buckets - 1)
+        fields = ", ".join(f"{DATAFUSION.field(c)} AS f{i}" for i, c in enumerate(self._columns))
+        # DataFusion may reorder rows across partitions: every result carries its row number.
+        select_keys = f"SELECT __row, {self._key} AS k FROM b"  # noqa: S608
+        select_rows = f"SELECT __row, {self._key} AS k, {self._row} AS r, {fields} FROM b"  # noqa: S608
+        key_names = [c.name for c in self.schema.key_columns]
+        found: list[RowFingerprint] = []
+        for batch in self._batches():
+            prepared = prepare_batch(batch, self._columns)
+            prepared = prepared.append_column("__row", pa.array(np.arange(batch.num_rows)))
+            keyed = pa.Table.from_batches(self._query(prepared, select_keys))
+            in_selected = np.isin(hash_bytes_extended(keyed.column("k")) & mask, wanted)
+            if not in_selected.any():
+                continue
+            rows = pa.array(keyed.column("__row").to_numpy()[in_selected])
+            key_values = batch.select(key_names).take(rows).to_pylist()
+            encoded = pa.Table.from_batches(self._query(prepared.take(rows), select_rows))
+            key_hashes = as_signed(hash_bytes_extended(encoded.column("k"))).tolist()
+            row_hashes = as_signed(hash_bytes_extended(encoded.column("r"))).tolist()
+            encodings = zip(
+                *(encoded.column(f"f{i}").to_pylist() for i in range(len(self._columns))),
+                strict=True,
+            )
+            by_row = {
+                position: (key_hash, row_hash, tuple(values))
+                for position, key_hash, row_hash, values in zip(
+                    encoded.column("__row").to_pylist(),
+                    key_hashes,
+                    row_hashes,
+                    encodings,
+                    strict=True,
+                )
+            }
+            for position, key in zip(rows.to_pylist(), key_values, strict=True):
+                key_hash, row_hash, values = by_row[position]
+                found.append(
+                    RowFingerprint(
+                        tuple(display_value(key[n]) for n in key_names), key_hash, row_hash, values
+                    )
+                )
+        return found
