@@ -76,8 +76,6 @@ def compare_rows(
         result.only_in_postgres += [
             dict(zip(names, r.key, strict=True)) for r in in_postgres[paired:]
         ]
-        if result.found >= limit:
-            break
     overflow = result.found - limit
     if overflow > 0:
         result.truncated = True

@@ -35,13 +35,15 @@ def read_sync_state(conn: psycopg.Connection[Any], table: str, year_month: str) 
         f"SELECT {_COLUMNS} FROM ranking.signal_sync_state"  # noqa: S608 (constant columns)
         " WHERE table_name = %s AND year_month = %s",
         (table, year_month),
+        binary=True,  # timestamps parse the same under any DateStyle
     ).fetchone()
     return SyncState(*row) if row else None
 
 
 def read_all_sync_states(conn: psycopg.Connection[Any]) -> list[SyncState]:
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM ranking.signal_sync_state ORDER BY 1, 2"  # noqa: S608
+        f"SELECT {_COLUMNS} FROM ranking.signal_sync_state ORDER BY 1, 2",  # noqa: S608
+        binary=True,
     ).fetchall()
     return [SyncState(*row) for row in rows]
 

@@ -1,0 +1,199 @@
+"""Statuses of `reconciler check` and the command lines of check and diff."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import deltalake
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from reconciler.check import MonthComparer, worst
+from reconciler.cli import main
+from replicator.config import Settings
+from replicator.writer import MonthWriter
+from replicator.yearmonth import YearMonth
+from tests.fix_db import SilentServer
+from tests.fix_delta import WriteMonth
+
+OCT = YearMonth.parse("2026-10")
+
+
+def check(settings: Settings, table: str = "ranking_signal") -> Any:
+    return MonthComparer(settings).check(settings.table(table), OCT)
+
+
+def replicate(settings: Settings, table: str = "ranking_signal", **kwargs: Any) -> None:
+    MonthWriter(settings).write_month(settings.table(table), OCT, **kwargs)
+
+
+def test_worst_status_orders_by_severity() -> None:
+    assert worst(["in_sync", "lagging", "missing"]) == "missing"
+    assert worst(["drift", "orphaned", "in_sync"]) == "drift"
+    assert worst(["in_sync", "error", "drift"]) == "error"
+    assert worst([]) == "in_sync"
+
+
+@pytest.mark.integration
+class TestStatuses:
+    def test_in_sync_then_lagging_after_a_new_delta_version(
+        self, settings: Settings, write_month: WriteMonth
+    ) -> None:
+        write_month("ranking_signal", "2026-10", rows=50, seed=1)
+        replicate(settings)
+        assert check(settings).status == "in_sync"
+        write_month("ranking_signal", "2026-09", rows=5)  # another month: still in sync
+        result = check(settings)
+        assert (result.status, result.delta_version, result.synced_version) == ("in_sync", 1, 0)
+        time.sleep(1.1)
+        write_month("ranking_signal", "2026-10", rows=60, seed=2)
+        result = check(settings)
+        assert (result.status, result.delta_version, result.synced_version) == ("lagging", 2, 0)
+        assert result.lag_seconds > 0
+        assert result.postgres_rows == result.delta_rows == 50  # compared with version 0
+
+    def test_missing_when_never_synced(self, settings: Settings, write_month: WriteMonth) -> None:
+        write_month("ranking_signal", "2026-10", rows=5)
+        assert check(settings).status == "missing"
+
+    def test_orphaned_when_delta_lost_the_month(
+        self, settings: Settings, write_month: WriteMonth
+    ) -> None:
+        write_month("ranking_signal", "2026-10", rows=5)
+        replicate(settings)
+        deltalake.DeltaTable(settings.table_uri(settings.table("ranking_signal"))).delete(
+            "year_month = '2026-10'"
+        )
+        assert check(settings).status == "orphaned"
+
+    def test_rows_without_a_sync_record_are_drift(
+        self, settings: Settings, write_month: WriteMonth, pg: psycopg.Connection[Any]
+    ) -> None:
+        write_month("ranking_signal", "2026-10", rows=5)
+        replicate(settings)
+        pg.execute("DELETE FROM ranking.signal_sync_state")
+        result = check(settings)
+        assert result.status == "drift" and "without a sync record" in result.reason
+
+    def test_replication_in_flight_is_lagging_not_drift(
+        self, settings: Settings, write_month: WriteMonth, pg_dsn: str
+    ) -> None:
+        write_month("ranking_signal", "2026-10", rows=5)
+        replicate(settings)
+        with psycopg.connect(pg_dsn) as writer:
+            writer.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('ranking.ranking_signal'), %s)",
+                (OCT.lock_key,),
+            )
+            writer.execute("DELETE FROM ranking.ranking_signal WHERE year_month = '2026-10'")
+            result = check(settings)
+            assert (result.status, result.replication_in_flight) == ("lagging", True)
+            writer.rollback()
+        assert check(settings).status == "in_sync"
+
+    def test_vacuumed_version_is_an_error_with_its_reason(
+        self, settings: Settings, write_month: WriteMonth
+    ) -> None:
+        write_month("ranking_signal", "2026-10", rows=5, seed=1)
+        replicate(settings)
+        write_month("ranking_signal", "2026-10", rows=6, seed=2)
+        table = deltalake.DeltaTable(settings.table_uri(settings.table("ranking_signal")))
+        table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+        result = check(settings)
+        assert result.status == "error"
+        assert "version 0" in result.reason and "vacuum" in result.reason
+
+    def test_month_in_neither_side_is_an_error(
+        self, settings: Settings, write_month: WriteMonth
+    ) -> None:
+        write_month("ranking_signal", "2026-09", rows=5)
+        result = check(settings)
+        assert result.status == "error" and "neither" in result.reason
+
+    def test_unreachable_delta_is_an_error(self, settings: Settings) -> None:
+        result = check(settings)
+        assert result.status == "error" and "no Delta table" in result.reason
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.integration
+def test_check_and_diff_json_and_exit_codes(
+    cli_env: dict[str, str],
+    write_month: WriteMonth,
+    settings: Settings,
+    pg: psycopg.Connection[Any],
+) -> None:
+    write_month("ranking_signal", "2026-10", rows=30)
+    write_month("composite_signal_daily", "2026-10", rows=20)
+    replicate(settings)
+    replicate(settings, "composite_signal_daily")
+    result = run("check", "--year-month", "2026-10", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["status"] == "in_sync"
+    assert [t["table"] for t in document["tables"]] == ["ranking_signal", "composite_signal_daily"]
+    for field in (
+        "status",
+        "delta_version",
+        "synced_version",
+        "delta_rows",
+        "postgres_rows",
+        "delta_digest",
+        "postgres_digest",
+    ):
+        assert field in document["tables"][0]
+
+    pg.execute(
+        "UPDATE ranking.ranking_signal SET rank = rank + 1"
+        " WHERE entity_id = 'entity-0' AND signal_date = '2026-10-02'"
+    )
+    result = run("check", "--year-month", "2026-10", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["status"] == "drift"
+    result = run("diff", "--year-month", "2026-10", "--table", "ranking_signal", "--json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["changed"] == [
+        {
+            "key": {"signal_date": "2026-10-02", "entity_id": "entity-0", "signal_name": "ctr"},
+            "columns": ["rank"],
+        }
+    ]
+    assert document["truncated"] is False
+    human = run("diff", "--year-month", "2026-10", "--table", "ranking_signal")
+    assert "1 changed" in human.stdout and "columns: rank" in human.stdout
+
+    pg.execute("DELETE FROM ranking.ranking_signal WHERE entity_id = 'entity-0'")
+    limited = run(
+        "diff", "--year-month", "2026-10", "--table", "ranking_signal", "--json", "--limit", "2"
+    )
+    document = json.loads(limited.stdout)
+    assert document["truncated"] is True
+    assert len(document["only_in_delta"]) + len(document["changed"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "--year-month", "2026-13"],
+        ["check", "--year-month", "2026-1"],
+        ["diff", "--year-month", "../x", "--table", "ranking_signal"],
+        ["diff", "--year-month", "2026-10"],
+        ["diff", "--year-month", "2026-10", "--table", "nope"],
+        ["diff", "--year-month", "2026-10", "--table", "ranking_signal", "--limit", "0"],
+        ["check", "--year-month", "2026-10", "--table", "x;drop"],
+    ],
+)
+def test_bad_arguments_exit_2_before_connecting(
+    args: list[str], silent_server: SilentServer
+) -> None:
+    result = CliRunner().invoke(main, [*args, "--dsn", silent_server.dsn()])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert silent_server.accepted == []
