@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -92,18 +91,22 @@ def timed(func: Callable[[], T]) -> tuple[float, T]:
 
 
 def peak_rss_of(code: str) -> tuple[float, str]:
-    """Runs `code` in a fresh Python and returns (its peak RSS in MiB, its stdout)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Runs `code` in a fresh Python; returns (that process's own peak RSS in MiB, its stdout)."""
+    probe = (
+        "\nimport resource as _r, sys as _s\n"
+        "print('PEAK', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss, file=_s.stderr)\n"
+    )
     done = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code + probe],
         check=True,
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the max over all children so far: keep each probe in its own run.
-    return max(after, before) / 1024.0, done.stdout
+    peak_kib = next(
+        int(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("PEAK ")
+    )
+    return peak_kib / 1024.0, done.stdout
 
 
 def tempdir() -> tempfile.TemporaryDirectory[str]:

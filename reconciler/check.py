@@ -13,13 +13,14 @@ from typing import Any
 
 import psycopg
 
+from reconciler.digest import MonthDigest
 from reconciler.sides import DeltaSide, PostgresSide
 from reconciler.syncstate import read_sync_state, replication_in_flight
 from replicator.config import Settings, TableSpec
 from replicator.delta import DeltaTableReader
 from replicator.errors import ReplicationError
 from replicator.postgres import connect
-from replicator.schema import TableSchema, postgres_columns, reconcile_schemas
+from replicator.schema import postgres_columns, reconcile_schemas
 from replicator.secrets import Dsn
 from replicator.yearmonth import YearMonth
 
@@ -52,7 +53,7 @@ class TableCheck:
     last_sync_timestamp: float | None = None
     consecutive_failures: int = 0
     duration_seconds: float = 0.0
-    compared_digests: bool = False
+    delta_digest_source: str | None = None  # "computed" from Delta, or "recorded" by the writer
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -108,8 +109,12 @@ class MonthComparer:
         *,
         conn: psycopg.Connection[Any] | None = None,
         latest: DeltaTableReader | None = None,
+        deep: bool = False,
     ) -> TableCheck:
-        """Never raises for a data or source problem: those become status `error`."""
+        """Never raises for a data or source problem: those become status `error`.
+
+        `deep` recomputes the Delta digest instead of trusting the one the writer recorded.
+        """
         started = time.monotonic()
         result = TableCheck(spec.name, str(year_month))
         try:
@@ -117,9 +122,9 @@ class MonthComparer:
             result.delta_version = reader.version
             if conn is None:
                 with self.connect() as own:
-                    self._compare(own, spec, year_month, reader, result)
+                    self._compare(own, spec, year_month, reader, result, deep)
             else:
-                self._compare(conn, spec, year_month, reader, result)
+                self._compare(conn, spec, year_month, reader, result, deep)
         except ReplicationError as exc:
             result.status, result.reason = "error", str(exc)
         except psycopg.Error as exc:
@@ -145,6 +150,7 @@ class MonthComparer:
         year_month: YearMonth,
         latest: DeltaTableReader,
         result: TableCheck,
+        deep: bool,
     ) -> None:
         open_snapshot_transaction(conn)
         state = read_sync_state(conn, spec.name, str(year_month))
@@ -192,32 +198,39 @@ class MonthComparer:
             result.status = "orphaned"
             result.reason = f"month absent from Delta version {latest.version}"
             return
-        changed_since = self._month_changed(latest, synced, year_month)
-        # An unchanged month is read from the latest snapshot: the same files, never vacuumed.
-        snapshot = latest if not changed_since else latest.at_version(synced)
-        schema = reconcile_schemas(spec, snapshot.columns(), pg_columns)
-        self._compare_content(result, schema, snapshot, postgres, year_month)
+        held = self._held_snapshot(latest, synced)
+        changed_since = held is None or {f.path for f in held.month_files(year_month)} != {
+            f.path for f in latest.month_files(year_month)
+        }
+        recorded = None if deep or state is None else state.recorded_digest()
+        delta: DeltaSide | None = None
+        if recorded is None:
+            # An unchanged month is read from the latest snapshot: the same files.
+            snapshot = latest if not changed_since else (held or latest.at_version(synced))
+            schema = reconcile_schemas(spec, snapshot.columns(), pg_columns)
+            delta = DeltaSide(snapshot, schema, year_month, self.settings.batch_rows)
+        self._compare_content(result, postgres, delta, recorded, synced)
         if result.status == "in_sync" and changed_since:
             result.status = "lagging"
             result.reason = f"Delta changed the month after version {synced}"
-            self._set_lag(result, latest, snapshot, year_month)
+            self._set_lag(result, latest, held, year_month)
         if result.status == "in_sync" and result.replication_in_flight:
             result.status, result.reason = "lagging", "replication in flight"
 
     def _compare_content(
         self,
         result: TableCheck,
-        schema: TableSchema,
-        snapshot: DeltaTableReader,
         postgres: PostgresSide,
-        year_month: YearMonth,
+        delta: DeltaSide | None,
+        recorded: MonthDigest | None,
+        version: int,
     ) -> None:
-        delta = DeltaSide(snapshot, schema, year_month, self.settings.batch_rows)
-        result.delta_rows = delta.count()
+        """Counts, then digests: Postgres against Delta `version`, computed or as recorded."""
+        result.delta_rows = recorded.rows if recorded is not None else delta.count()  # type: ignore[union-attr]
         if result.delta_rows != result.postgres_rows:
             result.status = "drift"
             result.reason = (
-                f"row counts differ: Delta version {snapshot.version} has "
+                f"row counts differ: Delta version {version} has "
                 f"{result.delta_rows}, Postgres has {result.postgres_rows}"
             )
             return
@@ -225,29 +238,30 @@ class MonthComparer:
             postgres.verify_hash_function()
             self._hash_verified = True
         buckets = 1  # the check only decides; `diff` localizes with key buckets
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            delta_future = pool.submit(delta.digest, buckets)
-            postgres_digest = postgres.digest(buckets)
-            delta_digest = delta_future.result()
-        result.compared_digests = True
+        if recorded is not None:
+            delta_digest, postgres_digest = recorded, postgres.digest(buckets)
+            result.delta_digest_source = "recorded"
+        else:
+            assert delta is not None
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                delta_future = pool.submit(delta.digest, buckets)
+                postgres_digest = postgres.digest(buckets)
+                delta_digest = delta_future.result()
+            result.delta_digest_source = "computed"
         result.delta_digest, result.postgres_digest = delta_digest.hex, postgres_digest.hex
-        if delta_digest != postgres_digest:
+        if delta_digest.hex != postgres_digest.hex:
             result.status = "drift"
-            result.reason = f"row hashes differ from Delta version {snapshot.version}"
+            result.reason = f"row hashes differ from Delta version {version}"
         else:
             result.status = "in_sync"
 
     @staticmethod
-    def _month_changed(latest: DeltaTableReader, synced: int, year_month: YearMonth) -> bool:
-        if synced == latest.version:
-            return False
+    def _held_snapshot(latest: DeltaTableReader, synced: int) -> DeltaTableReader | None:
+        """The table at the version Postgres holds, or None when that version cannot be loaded."""
         try:
-            then = latest.at_version(synced)
+            return latest.at_version(synced)
         except ReplicationError:
-            return True  # the old version is gone; the comparison will say so
-        return {f.path for f in then.month_files(year_month)} != {
-            f.path for f in latest.month_files(year_month)
-        }
+            return None
 
     @staticmethod
     def _set_lag(
@@ -266,8 +280,11 @@ class MonthComparer:
         if pending:
             result.lag_seconds = max(0.0, time.time() - min(pending) / 1000.0)
 
-    def check_month(self, year_month: YearMonth, tables: tuple[TableSpec, ...]) -> MonthCheck:
+    def check_month(
+        self, year_month: YearMonth, tables: tuple[TableSpec, ...], *, deep: bool = False
+    ) -> MonthCheck:
         with self.connect() as conn:
             return MonthCheck(
-                str(year_month), [self.check(spec, year_month, conn=conn) for spec in tables]
+                str(year_month),
+                [self.check(spec, year_month, conn=conn, deep=deep) for spec in tables],
             )

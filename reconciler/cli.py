@@ -107,11 +107,17 @@ def _print_check(month: MonthCheck) -> None:
     metavar="NAME",
     help="Table to compare (repeatable; default: all configured).",
 )
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Recompute the Delta digest from the snapshot instead of using the one recorded at sync.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @settings_options
 def check(
     year_month: YearMonth,
     tables: tuple[str, ...],
+    deep: bool,
     as_json: bool,
     dsn: str | None,
     delta_root: str | None,
@@ -124,7 +130,7 @@ def check(
     settings = build_settings(dsn, delta_root, config_path)
     comparer, specs = _comparer(settings, tables)
     try:
-        month = comparer.check_month(year_month, specs)
+        month = comparer.check_month(year_month, specs, deep=deep)
     except ReplicationError as exc:
         fail(str(exc))
     if as_json:

@@ -184,6 +184,14 @@ class MonthDigest:
     def rows(self) -> int:
         return sum(self.counts)
 
+    @classmethod
+    def parse(cls, text: str) -> MonthDigest:
+        """The one-bucket digest printed by `hex` (as recorded in sync state)."""
+        version, rows, total = text.split(":")
+        if version != CONTRACT_VERSION:
+            raise ValueError(f"digest of contract {version}, expected {CONTRACT_VERSION}")
+        return cls((int(rows),), (int(total, 16),))
+
     @property
     def hex(self) -> str:
         total = sum(self.sums) & _MASK64
@@ -201,6 +209,7 @@ class DigestAccumulator:
     """Folds batches of (bucket, row hash) into a `MonthDigest` without a per-row loop."""
 
     def __init__(self, buckets: int) -> None:
+        self.buckets = buckets
         self.counts = np.zeros(buckets, dtype=np.int64)
         self.sums = np.zeros(buckets, dtype=np.uint64)
 

@@ -159,8 +159,46 @@ class PostgresSide(MonthSide):
         ]
 
 
+class DeltaHasher:
+    """Applies the contract to Arrow batches of one table: DataFusion builds the encodings,
+    numpy hashes them. Used by `DeltaSide` and by the writer, which digests what it copies."""
+
+    def __init__(self, schema: TableSchema) -> None:
+        self.columns = schema.value_columns
+        self.key_sql = DATAFUSION.row(schema.key_columns)
+        self.row_sql = DATAFUSION.row(self.columns)
+        self._context = datafusion.SessionContext()
+
+    def query(self, batch: pa.RecordBatch, select: str) -> pa.Table:
+        """Runs `select` (over table `b`) on one batch, in two partitions for two cores."""
+        half = max(1, batch.num_rows // 2)
+        parts = [[batch.slice(0, half)], [batch.slice(half)]] if batch.num_rows > 1 else [[batch]]
+        self._context.register_record_batches("b", parts)
+        try:
+            return pa.Table.from_batches(self._context.sql(select).collect())
+        finally:
+            self._context.deregister_table("b")
+
+    def add(self, accumulator: DigestAccumulator, batch: pa.RecordBatch) -> None:
+        """Folds a batch of raw Delta rows into `accumulator`."""
+        if not batch.num_rows:
+            return
+        buckets = accumulator.buckets
+        # One bucket (the check) needs no key encoding at all.
+        key = self.key_sql if buckets > 1 else "''"
+        select = f"SELECT {key} AS k, {self.row_sql} AS r FROM b"  # noqa: S608
+        result = self.query(prepare_batch(batch, self.columns), select)
+        hashes = hash_bytes_extended(result.column("r"))
+        if buckets > 1:
+            accumulator.add(
+                hash_bytes_extended(result.column("k")) & np.uint64(buckets - 1), hashes
+            )
+        else:
+            accumulator.add(np.zeros(len(hashes), dtype=np.uint64), hashes)
+
+
 class DeltaSide(MonthSide):
-    """The Delta snapshot at the reader's pinned version, hashed by DataFusion batch by batch."""
+    """The Delta snapshot at the reader's pinned version, hashed batch by batch."""
 
     name = "delta"
 
@@ -170,10 +208,8 @@ class DeltaSide(MonthSide):
         super().__init__(schema, year_month)
         self.reader = reader
         self.batch_rows = batch_rows
-        self._columns = schema.value_columns
-        self._key = DATAFUSION.row(schema.key_columns)
-        self._row = DATAFUSION.row(self._columns)
-        self._context = datafusion.SessionContext()
+        self.hasher = DeltaHasher(schema)
+        self._columns = self.hasher.columns
 
     def count(self) -> int:
         counted = self.reader.month_row_count(self.year_month)
@@ -185,31 +221,10 @@ class DeltaSide(MonthSide):
         names = [c.name for c in self._columns]
         return self.reader.scan_month(self.year_month, names, self.batch_rows)
 
-    def _query(self, batch: pa.RecordBatch, select: str) -> list[pa.RecordBatch]:
-        """Runs `select` (over table `b`) on one batch, in two partitions for two cores."""
-        half = max(1, batch.num_rows // 2)
-        parts = [[batch.slice(0, half)], [batch.slice(half)]] if batch.num_rows > 1 else [[batch]]
-        self._context.register_record_batches("b", parts)
-        try:
-            return list(self._context.sql(select).collect())
-        finally:
-            self._context.deregister_table("b")
-
     def digest(self, buckets: int) -> MonthDigest:
         accumulator = DigestAccumulator(buckets)
-        # One bucket (the check) needs no key encoding at all.
-        key = self._key if buckets > 1 else "''"
-        select = f"SELECT {key} AS k, {self._row} AS r FROM b"  # noqa: S608
-        mask = np.uint64(buckets - 1)
         for batch in self._batches():
-            result = pa.Table.from_batches(self._query(prepare_batch(batch, self._columns), select))
-            if not result.num_rows:
-                continue
-            hashes = hash_bytes_extended(result.column("r"))
-            if buckets > 1:
-                accumulator.add(hash_bytes_extended(result.column("k")) & mask, hashes)
-            else:
-                accumulator.add(np.zeros(len(hashes), dtype=np.uint64), hashes)
+            self.hasher.add(accumulator, batch)
         return accumulator.result()
 
     def fingerprints(self, buckets: int, selected: list[int]) -> list[RowFingerprint]:
@@ -217,20 +232,22 @@ class DeltaSide(MonthSide):
         mask = np.uint64(buckets - 1)
         fields = ", ".join(f"{DATAFUSION.field(c)} AS f{i}" for i, c in enumerate(self._columns))
         # DataFusion may reorder rows across partitions: every result carries its row number.
-        select_keys = f"SELECT __row, {self._key} AS k FROM b"  # noqa: S608
-        select_rows = f"SELECT __row, {self._key} AS k, {self._row} AS r, {fields} FROM b"  # noqa: S608
+        select_keys = f"SELECT __row, {self.hasher.key_sql} AS k FROM b"  # noqa: S608
+        select_rows = (
+            f"SELECT __row, {self.hasher.key_sql} AS k, {self.hasher.row_sql} AS r, {fields} FROM b"  # noqa: S608
+        )
         key_names = [c.name for c in self.schema.key_columns]
         found: list[RowFingerprint] = []
         for batch in self._batches():
             prepared = prepare_batch(batch, self._columns)
             prepared = prepared.append_column("__row", pa.array(np.arange(batch.num_rows)))
-            keyed = pa.Table.from_batches(self._query(prepared, select_keys))
+            keyed = self.hasher.query(prepared, select_keys)
             in_selected = np.isin(hash_bytes_extended(keyed.column("k")) & mask, wanted)
             if not in_selected.any():
                 continue
             rows = pa.array(keyed.column("__row").to_numpy()[in_selected])
             key_values = batch.select(key_names).take(rows).to_pylist()
-            encoded = pa.Table.from_batches(self._query(prepared.take(rows), select_rows))
+            encoded = self.hasher.query(prepared.take(rows), select_rows)
             key_hashes = as_signed(hash_bytes_extended(encoded.column("k"))).tolist()
             row_hashes = as_signed(hash_bytes_extended(encoded.column("r"))).tolist()
             encodings = zip(

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 
+from reconciler.digest import MonthDigest
 from replicator.config import TableSpec
 
 
@@ -22,11 +23,21 @@ class SyncState:
     last_failure_at: dt.datetime | None
     last_failure_reason: str | None
     consecutive_failures: int
+    content_digest: str | None
+
+    def recorded_digest(self) -> MonthDigest | None:
+        """The writer's digest of what it copied, if it recorded one of this contract."""
+        if not self.content_digest:
+            return None
+        try:
+            return MonthDigest.parse(self.content_digest)
+        except ValueError:
+            return None
 
 
 _COLUMNS = (
     "table_name, year_month, delta_version, row_count, synced_at, run_id, last_failure_at,"
-    " last_failure_reason, consecutive_failures"
+    " last_failure_reason, consecutive_failures, content_digest"
 )
 
 
@@ -52,7 +63,8 @@ def replication_in_flight(conn: psycopg.Connection[Any], spec: TableSpec, lock_k
     """Whether a writer holds the month's advisory lock (see `replicator.writer.month_lock_sql`)."""
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory'"
-        " AND granted AND objsubid = 2"
+        " AND granted AND objsubid = 2 AND database = (SELECT oid FROM pg_catalog.pg_database"
+        " WHERE datname = pg_catalog.current_database())"
         " AND classid = pg_catalog.hashtext(%s)::oid AND objid = %s::integer::oid)",
         (f"{spec.postgres_schema}.{spec.postgres_table}", lock_key),
     ).fetchone()

@@ -90,6 +90,12 @@ class _BatchStream:
     """
 
     def __init__(self, schema: TableSchema, batches: Iterator[pa.RecordBatch]) -> None:
+        # The contract digest of the rows as read from Delta, recorded with the sync.
+        from reconciler.digest import DigestAccumulator
+        from reconciler.sides import DeltaHasher
+
+        self.hasher = DeltaHasher(schema)
+        self.digest = DigestAccumulator(1)
         self.schema = schema
         self.target = pa.schema([pa.field(c.name, c.type.arrow) for c in schema.columns])
         self.batches = batches
@@ -109,6 +115,7 @@ class _BatchStream:
             for raw in self.batches:
                 batch = raw.select(self.target.names).cast(self.target)
                 self._reject_nul(batch)
+                self.hasher.add(self.digest, raw)
                 self.rows += batch.num_rows
                 yield batch
         except ReplicationError as exc:
@@ -308,15 +315,22 @@ class MonthWriter:
             _adbc_sql(
                 sql.SQL(
                     "INSERT INTO {} AS s (table_name, year_month, delta_version, row_count,"
-                    " synced_at, run_id, consecutive_failures)"
-                    " VALUES ($1, $2, $3, $4, now(), $5, 0)"
+                    " synced_at, run_id, consecutive_failures, content_digest)"
+                    " VALUES ($1, $2, $3, $4, now(), $5, 0, $6)"
                     " ON CONFLICT (table_name, year_month) DO UPDATE SET"
                     " delta_version = EXCLUDED.delta_version, row_count = EXCLUDED.row_count,"
                     " synced_at = EXCLUDED.synced_at, run_id = EXCLUDED.run_id,"
-                    " consecutive_failures = 0"
+                    " consecutive_failures = 0, content_digest = EXCLUDED.content_digest"
                 ).format(SYNC_STATE)
             ),
-            (spec.name, str(year_month), reader.version, stream.rows, self.run_id),
+            (
+                spec.name,
+                str(year_month),
+                reader.version,
+                stream.rows,
+                self.run_id,
+                stream.digest.result().hex,
+            ),
         )
         try:
             conn.commit()

@@ -22,8 +22,8 @@ from tests.fix_delta import WriteMonth
 OCT = YearMonth.parse("2026-10")
 
 
-def check(settings: Settings, table: str = "ranking_signal") -> Any:
-    return MonthComparer(settings).check(settings.table(table), OCT)
+def check(settings: Settings, table: str = "ranking_signal", deep: bool = False) -> Any:
+    return MonthComparer(settings).check(settings.table(table), OCT, deep=deep)
 
 
 def replicate(settings: Settings, table: str = "ranking_signal", **kwargs: Any) -> None:
@@ -44,7 +44,8 @@ class TestStatuses:
     ) -> None:
         write_month("ranking_signal", "2026-10", rows=50, seed=1)
         replicate(settings)
-        assert check(settings).status == "in_sync"
+        first = check(settings)
+        assert first.status == "in_sync", first.reason
         write_month("ranking_signal", "2026-09", rows=5)  # another month: still in sync
         result = check(settings)
         assert (result.status, result.delta_version, result.synced_version) == ("in_sync", 1, 0)
@@ -102,9 +103,24 @@ class TestStatuses:
         write_month("ranking_signal", "2026-10", rows=6, seed=2)
         table = deltalake.DeltaTable(settings.table_uri(settings.table("ranking_signal")))
         table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
-        result = check(settings)
+        # The digest recorded at sync still proves what Postgres holds: Delta moved on.
+        assert check(settings).status == "lagging"
+        result = check(settings, deep=True)
         assert result.status == "error"
         assert "version 0" in result.reason and "vacuum" in result.reason
+
+    def test_recorded_and_recomputed_digests_agree(
+        self, settings: Settings, write_month: WriteMonth, pg: psycopg.Connection[Any]
+    ) -> None:
+        write_month("ranking_signal", "2026-10", rows=300, seed=4)
+        replicate(settings)
+        fast, deep = check(settings), check(settings, deep=True)
+        assert (fast.delta_digest_source, deep.delta_digest_source) == ("recorded", "computed")
+        assert fast.delta_digest == deep.delta_digest == deep.postgres_digest
+        pg.execute("UPDATE ranking.signal_sync_state SET content_digest = NULL")
+        assert check(settings).delta_digest_source == "computed"
+        pg.execute("UPDATE ranking.ranking_signal SET value = -value WHERE rank = 7")
+        assert check(settings).status == check(settings, deep=True).status == "drift"
 
     def test_month_in_neither_side_is_an_error(
         self, settings: Settings, write_month: WriteMonth
