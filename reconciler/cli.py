@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 
 import click
@@ -9,9 +10,12 @@ import psycopg
 
 from reconciler import __version__
 from reconciler.check import MonthCheck, MonthComparer
+from reconciler.daemon import Daemon, Overrides
 from reconciler.diff import DiffResult, diff_month
 from reconciler.migrate import migrate as apply_migrations
-from replicator.config import ConfigError, Settings, TableSpec
+from reconciler.repair import Repairer
+from reconciler.status import build_status
+from replicator.config import ConfigError, Settings, TableSpec, parse_host_port
 from replicator.errors import ReplicationError
 from replicator.options import (
     EXIT_ERROR,
@@ -193,3 +197,154 @@ def diff(
     else:
         _print_diff(result)
     raise SystemExit(EXIT_FINDING if result.found or result.truncated else EXIT_OK)
+
+
+@main.command()
+@click.option("--year-month", required=True, type=YEAR_MONTH, help="Month to repair.")
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="NAME",
+    help="Table to repair (repeatable; default: all configured).",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing.")
+@click.option("--force", is_flag=True, help="Rewrite the month even when it is in sync.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@settings_options
+def repair(
+    year_month: YearMonth,
+    tables: tuple[str, ...],
+    dry_run: bool,
+    force: bool,
+    as_json: bool,
+    dsn: str | None,
+    delta_root: str | None,
+    config_path: str | None,
+) -> None:
+    """Re-replicate a month from the latest Delta snapshot, then check it again.
+
+    Exit 0 when every table of the month is in sync afterwards, 1 when not, 2 on error.
+    """
+    settings = build_settings(dsn, delta_root, config_path)
+    comparer, specs = _comparer(settings, tables)
+    actor = f"cli:{getpass.getuser()}"
+    repairer = Repairer(comparer, actor=actor)
+    results = [repairer.repair(spec, year_month, dry_run=dry_run, force=force) for spec in specs]
+    if as_json:
+        emit_json(
+            {
+                "year_month": str(year_month),
+                "dry_run": dry_run,
+                "tables": [r.as_dict() for r in results],
+            }
+        )
+    else:
+        for r in results:
+            after = f" -> {r.status_after}" if r.status_after else ""
+            click.echo(
+                f"{r.table} {r.year_month}: {r.outcome} ({r.status_before}{after})"
+                + (f": {r.message}" if r.message else "")
+            )
+    if any(r.status_before == "error" and r.outcome == "skipped" for r in results):
+        raise SystemExit(EXIT_ERROR)
+    if dry_run:
+        raise SystemExit(EXIT_OK)
+    ok = all(r.outcome in ("repaired", "skipped") and r.status_before != "error" for r in results)
+    raise SystemExit(EXIT_OK if ok else EXIT_FINDING)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run one cycle and exit (0 all in sync, 1 findings).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds between cycles (default: daemon.interval_seconds).",
+)
+@click.option("--auto-repair/--no-auto-repair", default=None, help="Override auto_repair.enabled.")
+@click.option(
+    "--metrics-addr",
+    metavar="HOST:PORT",
+    default=None,
+    help="Where to serve /metrics (default: daemon.metrics_addr).",
+)
+@settings_options
+def run(
+    once: bool,
+    interval: float | None,
+    auto_repair: bool | None,
+    metrics_addr: str | None,
+    dsn: str | None,
+    delta_root: str | None,
+    config_path: str | None,
+) -> None:
+    """Compare every month continuously, export metrics, repair within guardrails."""
+    if metrics_addr is not None:
+        try:
+            parse_host_port(metrics_addr)
+        except ConfigError as exc:
+            fail(str(exc))
+    settings = build_settings(dsn, delta_root, config_path)
+    try:
+        settings.require_dsn()
+    except ConfigError as exc:
+        fail(f"{exc}: the reconciler cannot start without Postgres")
+    if settings.daemon.json_logs:
+        configure_logging(json_logs=True)
+
+    def reload() -> Settings:
+        return build_settings(dsn, delta_root, config_path)
+
+    daemon = Daemon(reload, Overrides(interval, auto_repair, metrics_addr))
+    daemon.install_signal_handlers()
+    server = None
+    if not once or metrics_addr:
+        try:
+            server = daemon.serve_metrics()
+        except OSError as exc:
+            fail(f"cannot serve metrics: {exc}")
+    try:
+        summary = daemon.run(once=once)
+    finally:
+        if server is not None:
+            server.stop()
+    if once:
+        statuses = [m.status for m in daemon.months.values()]
+        if not all(summary.sources_up.values()) or "error" in statuses:
+            raise SystemExit(EXIT_ERROR)
+        raise SystemExit(EXIT_OK if all(s == "in_sync" for s in statuses) else EXIT_FINDING)
+    raise SystemExit(EXIT_OK)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option(
+    "--require-in-sync",
+    is_flag=True,
+    help="Exit 0 only if every month in the window was last found in sync.",
+)
+@settings_options
+def status(
+    as_json: bool,
+    require_in_sync: bool,
+    dsn: str | None,
+    delta_root: str | None,
+    config_path: str | None,
+) -> None:
+    """Every month of every table: sync state, lag, and the daemon's last check result."""
+    settings = build_settings(dsn, delta_root, config_path)
+    comparer, _ = _comparer(settings, ())
+    try:
+        report = build_status(comparer)
+    except ReplicationError as exc:
+        fail(str(exc))
+    except psycopg.Error as exc:
+        fail(f"Postgres failed: {comparer.dsn.scrub(str(exc)).strip()}")
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(report.render())
+    if require_in_sync:
+        raise SystemExit(EXIT_OK if report.all_in_sync else EXIT_FINDING)
+    raise SystemExit(EXIT_OK)

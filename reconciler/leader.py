@@ -1,0 +1,107 @@
+"""Leader election through a Postgres session advisory lock, with a lease.
+
+The lock lives on a dedicated connection whose `idle_session_timeout` is the lease: a leader
+that stops pinging (killed, frozen, partitioned) loses its session, and with it the lock, so
+another daemon takes over within about one lease. A leader checks that its connection is still
+alive right before every repair, so one that woke up after losing the lock never repairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.errors import ReplicationError
+from replicator.postgres import connect
+from replicator.secrets import Dsn
+
+logger = logging.getLogger(__name__)
+
+LEADER_LOCK_KEY = 0x5EC0_1EAD
+
+
+class LeaderLock:
+    def __init__(self, dsn: Dsn, *, lease_seconds: float, connect_timeout: int = 10) -> None:
+        self.dsn = dsn
+        self.lease_seconds = lease_seconds
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._held = False
+        self._mutex = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def try_acquire(self) -> bool:
+        """Becomes (or stays) leader if the lock is free; never blocks on the lock."""
+        with self._mutex:
+            if self._held and self._ping():
+                return True
+            self._drop()
+            try:
+                conn = connect(
+                    self.dsn,
+                    application_name="reconciler-leader",
+                    connect_timeout=self.connect_timeout,
+                    autocommit=True,
+                )
+                conn.execute(
+                    sql.SQL("SET idle_session_timeout = {}").format(
+                        sql.Literal(int(self.lease_seconds * 1000))
+                    )
+                )
+                row = conn.execute(
+                    "SELECT pg_catalog.pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)
+                ).fetchone()
+            except (psycopg.Error, ReplicationError) as exc:
+                logger.warning("leader election failed: %s", self.dsn.scrub(str(exc)))
+                return False
+            if row and row[0]:
+                self._conn, self._held = conn, True
+                logger.info("became leader")
+                return True
+            conn.close()
+            return False
+
+    def still_leader(self) -> bool:
+        """Checked right before acting as leader: the lock's session must still be alive."""
+        with self._mutex:
+            if not self._held:
+                return False
+            if self._ping():
+                return True
+            logger.error("lost the leader lock (its connection is gone): not repairing")
+            self._drop()
+            return False
+
+    def keep_alive(self) -> None:
+        """Called more often than the lease, from a thread of its own."""
+        with self._mutex:
+            if self._held and not self._ping():
+                logger.error("lost the leader lock (its connection is gone)")
+                self._drop()
+
+    def release(self) -> None:
+        with self._mutex:
+            self._drop()
+
+    def _ping(self) -> bool:
+        if self._conn is None or self._conn.closed:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn, self._held = None, False

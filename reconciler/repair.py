@@ -1,0 +1,146 @@
+"""Repairing a month: re-replicate it from the latest Delta snapshot through the replicator's
+own transactional write (same lock, so it serializes with the ranking job), check it again,
+and leave an audit row whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+from reconciler.check import MonthComparer, TableCheck
+from replicator.config import TableSpec
+from replicator.errors import ReplicationError
+from replicator.writer import MonthWriter, new_run_id
+from replicator.yearmonth import YearMonth
+
+logger = logging.getLogger(__name__)
+
+AUDIT = sql.Identifier("ranking", "repair_audit")
+
+
+@dataclass
+class RepairResult:
+    table: str
+    year_month: str
+    outcome: str  # repaired | failed | skipped | dry_run
+    status_before: str
+    status_after: str | None = None
+    delta_version: int | None = None
+    rows_written: int | None = None
+    message: str = ""
+    run_id: str = ""
+    check_after: TableCheck | None = field(default=None, repr=False)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome in ("repaired", "skipped", "dry_run")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "check_after"}
+
+
+class Repairer:
+    """Repairs months; `actor` says who asked (an on-call user or the daemon)."""
+
+    def __init__(self, comparer: MonthComparer, *, actor: str) -> None:
+        self.comparer = comparer
+        self.actor = actor
+
+    def repair(
+        self,
+        spec: TableSpec,
+        year_month: YearMonth,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        before: TableCheck | None = None,
+    ) -> RepairResult:
+        run_id = new_run_id()
+        before = before or self.comparer.check(spec, year_month)
+        result = RepairResult(
+            spec.name,
+            str(year_month),
+            "skipped",
+            before.status,
+            run_id=run_id,
+            delta_version=before.delta_version,
+        )
+        log = {"table": spec.name, "year_month": str(year_month), "run_id": run_id}
+        if before.status == "in_sync" and not force:
+            result.message = "already in sync (use --force to rewrite it anyway)"
+            return result
+        if dry_run:
+            result.outcome = "dry_run"
+            result.message = (
+                f"would replace {before.postgres_rows} Postgres rows with the "
+                f"{before.delta_rows if before.status != 'orphaned' else 0} rows of Delta "
+                f"version {before.delta_version} (status now {before.status})"
+            )
+            logger.info("dry run: %s %s: %s", spec.name, year_month, result.message, extra=log)
+            return result
+        writer = MonthWriter(
+            self.comparer.settings, run_id=run_id, application_name="reconciler-repair"
+        )
+        try:
+            written = writer.write_month(
+                spec, year_month, force=True, allow_empty=before.status == "orphaned"
+            )
+            result.rows_written, result.delta_version = written.rows, written.delta_version
+        except ReplicationError as exc:
+            result.outcome, result.message = "failed", str(exc)
+        after = self.comparer.check(spec, year_month)
+        result.status_after, result.check_after = after.status, after
+        if result.outcome != "failed":
+            if after.status == "in_sync":
+                result.outcome = "repaired"
+            else:
+                result.outcome = "failed"
+                result.message = f"still {after.status} after the rewrite: {after.reason}"
+        self._audit(result, before, after)
+        level = logging.INFO if result.outcome == "repaired" else logging.ERROR
+        logger.log(
+            level,
+            "repair of %s %s by %s: %s %s",
+            spec.name,
+            year_month,
+            self.actor,
+            result.outcome,
+            result.message,
+            extra=log,
+        )
+        return result
+
+    def _audit(self, result: RepairResult, before: TableCheck, after: TableCheck) -> None:
+        try:
+            with self.comparer.connect() as conn:
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (actor, table_name, year_month, delta_version,"
+                        " status_before, rows_before, digest_before, rows_after, digest_after,"
+                        " delta_digest, outcome, message, run_id)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    ).format(AUDIT),
+                    (
+                        self.actor,
+                        result.table,
+                        result.year_month,
+                        result.delta_version,
+                        before.status,
+                        before.postgres_rows,
+                        before.postgres_digest,
+                        after.postgres_rows,
+                        after.postgres_digest,
+                        after.delta_digest,
+                        result.outcome,
+                        result.message[:2000],
+                        result.run_id,
+                    ),
+                )
+        except (ReplicationError, Exception) as exc:  # the audit must not hide the repair
+            logger.error(
+                "could not write the repair audit row: %s", self.comparer.dsn.scrub(str(exc))
+            )
