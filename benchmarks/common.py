@@ -92,9 +92,11 @@ def timed(func: Callable[[], T]) -> tuple[float, T]:
 
 def peak_rss_of(code: str) -> tuple[float, str]:
     """Runs `code` in a fresh Python; returns (that process's own peak RSS in MiB, its stdout)."""
+    # VmHWM, not ru_maxrss: Linux carries a parent's ru_maxrss into a forked child.
     probe = (
-        "\nimport resource as _r, sys as _s\n"
-        "print('PEAK', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss, file=_s.stderr)\n"
+        "\nimport re as _re, sys as _s\n"
+        "_hwm = _re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "print('PEAK', _hwm, file=_s.stderr)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code + probe],
