@@ -169,7 +169,7 @@ class Metrics:
     """The registry and the process-lifetime counters of one daemon."""
 
     def __init__(self, view: Callable[[], DaemonView], version: str) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         self.checks = Counter(
             CHECKS, "Month comparisons attempted", ["table"], registry=self.registry
         )

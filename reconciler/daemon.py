@@ -447,12 +447,15 @@ class Daemon:
         if result.last_sync_timestamp is not None:
             state.last_sync_timestamp = result.last_sync_timestamp
         state.replication_failures = result.consecutive_failures
-        if deep and result.status != "error":
+        # The deep re-check clock starts at the first comparison of this process.
+        if (deep and result.status != "error") or not state.last_deep_check:
             state.last_deep_check = now
 
     def _persist(self, conn: psycopg.Connection[Any], result: TableCheck) -> None:
         """The last comparison, for `reconciler status`; losing it only loses a report."""
         try:
+            conn.rollback()
+            conn.read_only = False
             conn.execute(
                 sql.SQL(
                     "INSERT INTO {} (table_name, year_month, status, reason, checked_at,"

@@ -106,7 +106,7 @@ class Settings:
     write_required: bool = True
     verify_counts: bool = False
     connect_timeout_seconds: int = 10
-    batch_rows: int = 262_144
+    batch_rows: int = 131_072
     digest_buckets: int = 256
     tables: tuple[TableSpec, ...] = DEFAULT_TABLES
     daemon: DaemonSettings = DaemonSettings()
@@ -286,7 +286,7 @@ def _from_toml(document: dict[str, Any]) -> dict[str, Any]:
 
 def parse_host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"metrics address must be HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
 

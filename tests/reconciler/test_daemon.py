@@ -1,0 +1,409 @@
+"""The daemon against a real Postgres and real Delta tables, its /metrics scraped over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler.cli import main
+from reconciler.daemon import Daemon, Overrides
+from reconciler.leader import LeaderLock
+from replicator.config import AutoRepairSettings, DaemonSettings, Settings, with_overrides
+from replicator.secrets import Dsn
+from replicator.writer import MonthWriter
+from replicator.yearmonth import YearMonth
+from tests.fix_delta import WriteMonth
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(
+    url: str, auth: tuple[str, str] | None = None
+) -> dict[tuple[str, tuple[Any, ...]], float]:
+    request = urllib.request.Request(url)
+    if auth:
+        import base64
+
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[tuple[str, tuple[Any, ...]], float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+def make_daemon(settings: Settings) -> Iterator[Callable[..., Daemon]]:
+    made: list[Daemon] = []
+
+    def make(auto_repair: AutoRepairSettings | None = None, **daemon: Any) -> Daemon:
+        configured = with_overrides(
+            settings,
+            daemon=DaemonSettings(
+                **{
+                    "interval_seconds": 0.2,
+                    "metrics_addr": "127.0.0.1:0",
+                    "leader_lease_seconds": 5.0,
+                    **daemon,
+                }
+            ),
+            auto_repair=auto_repair or AutoRepairSettings(),
+        )
+        made.append(Daemon(lambda: configured, Overrides()))
+        return made[-1]
+
+    yield make
+    for daemon in made:
+        daemon.stop()
+        daemon.leader.release()
+
+
+def replicate(settings: Settings, table: str, month: str) -> None:
+    MonthWriter(settings).write_month(settings.table(table), YearMonth.parse(month))
+
+
+def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
+def test_cycle_statuses_metrics_and_idle_cycles(
+    settings: Settings,
+    write_month: WriteMonth,
+    make_daemon: Callable[..., Daemon],
+    pg: psycopg.Connection[Any],
+) -> None:
+    write_month("ranking_signal", "2026-10", rows=40, seed=1)
+    write_month("ranking_signal", "2026-09", rows=30)
+    write_month("composite_signal_daily", "2026-10", rows=20)
+    replicate(settings, "ranking_signal", "2026-10")
+    replicate(settings, "ranking_signal", "2026-09")
+    time.sleep(1.1)
+    write_month("ranking_signal", "2026-10", rows=45, seed=2)  # Delta moved on: lagging
+    daemon = make_daemon()
+    server = daemon.serve_metrics()
+    try:
+        before = scrape(server.url)  # nothing is known before the first comparison
+        assert not [k for k in before if k[0] == "reconciler_month_status"]
+        assert ("reconciler_last_cycle_timestamp_seconds", ()) not in before
+        first = daemon.run_cycle()
+        assert first.checked == 3
+        samples = scrape(server.url)
+        status = {
+            (t, m): s
+            for (name, labels), v in samples.items()
+            if name == "reconciler_month_status" and v == 1.0
+            for t, m, s in [
+                (dict(labels)["table"], dict(labels)["year_month"], dict(labels)["status"])
+            ]
+        }
+        assert status == {
+            ("ranking_signal", "2026-10"): "lagging",
+            ("ranking_signal", "2026-09"): "in_sync",
+            ("composite_signal_daily", "2026-10"): "missing",
+        }
+        assert (
+            value(
+                samples,
+                "reconciler_month_sync_lag_seconds",
+                table="ranking_signal",
+                year_month="2026-10",
+            )
+            > 0
+        )
+        assert (
+            value(
+                samples,
+                "reconciler_month_rows",
+                table="ranking_signal",
+                year_month="2026-09",
+                side="postgres",
+            )
+            == 30
+        )
+        assert value(samples, "reconciler_checks_total", table="ranking_signal") == 2
+        assert value(samples, "reconciler_source_up", source="postgres") == 1
+        assert value(samples, "reconciler_build_info", version="0.1.0") == 1
+        assert ("reconciler_last_cycle_timestamp_seconds", ()) in samples
+        # Nothing changed: the next cycle compares nothing.
+        assert daemon.run_cycle().checked == 0
+        with urllib.request.urlopen(server.url.replace("/metrics", "/readyz"), timeout=5) as r:
+            assert r.status == 200
+        # A write around the replicator is caught through the table statistics.
+        pg.execute(
+            "UPDATE ranking.ranking_signal SET rank = 0 WHERE year_month = '2026-09' AND rank = 5"
+        )
+
+        def drift_seen() -> bool:
+            daemon.run_cycle()
+            return daemon.months[("ranking_signal", "2026-09")].status == "drift"
+
+        until(drift_seen)
+        rows = pg.execute(
+            "SELECT status FROM ranking.month_check WHERE year_month = '2026-09'"
+            " AND table_name = 'ranking_signal'"
+        ).fetchone()
+        assert rows == ("drift",)
+    finally:
+        server.stop()
+
+
+def test_a_month_that_leaves_the_window_leaves_the_output(
+    settings: Settings, write_month: WriteMonth, make_daemon: Callable[..., Daemon]
+) -> None:
+    write_month("ranking_signal", "2026-10", rows=10)
+    write_month("ranking_signal", "2023-01", rows=10)
+    daemon = make_daemon(retention_months=48)
+    daemon.run_cycle()
+    assert {m.year_month for m in daemon.view().months} == {"2026-10", "2023-01"}
+    daemon.settings = with_overrides(daemon.settings, daemon=DaemonSettings(retention_months=12))
+    assert {m.year_month for m in daemon.view().months} == {"2026-10"}
+
+
+def test_auto_repair_within_guardrails(
+    settings: Settings,
+    write_month: WriteMonth,
+    make_daemon: Callable[..., Daemon],
+    pg: psycopg.Connection[Any],
+) -> None:
+    for month in ("2026-10", "2026-09", "2026-08"):
+        write_month("ranking_signal", month, rows=20)
+        replicate(settings, "ranking_signal", month)
+    pg.execute("DELETE FROM ranking.ranking_signal WHERE rank = 3")  # all three months drift
+    breaker = make_daemon(
+        AutoRepairSettings(enabled=True, grace_period_seconds=0, circuit_breaker_months=2)
+    )
+    breaker.run_cycle()
+    assert breaker.circuit_open
+    assert all(m.status == "drift" for m in breaker.months.values())
+    assert pg.execute("SELECT count(*) FROM ranking.repair_audit").fetchone() == (0,)
+    breaker.leader.release()
+
+    dry = make_daemon(AutoRepairSettings(enabled=True, grace_period_seconds=0, dry_run=True))
+    dry.run_cycle()
+    dry.run_cycle()
+    assert all(m.status == "drift" for m in dry.months.values())
+    dry.leader.release()
+
+    limited = make_daemon(
+        AutoRepairSettings(enabled=True, grace_period_seconds=0, max_per_cycle=1, max_per_hour=2)
+    )
+    limited.run_cycle()
+    statuses = sorted(m.status for m in limited.months.values())
+    assert statuses == ["drift", "drift", "in_sync"]
+    assert limited.months[("ranking_signal", "2026-10")].status == "in_sync"  # newest first
+    limited.run_cycle()
+    limited.run_cycle()  # the hourly budget (2) is spent: one month stays drifting
+    assert sorted(m.status for m in limited.months.values()) == ["drift", "in_sync", "in_sync"]
+    audit = pg.execute(
+        "SELECT actor, table_name, outcome, rows_before, rows_after"
+        " FROM ranking.repair_audit ORDER BY id"
+    ).fetchall()
+    assert [a[2] for a in audit] == ["repaired", "repaired"]
+    assert audit[0][0] == "reconciler-daemon" and audit[0][3] == 19 and audit[0][4] == 20
+    assert (
+        limited.metrics.registry.get_sample_value(
+            "reconciler_repairs_total", {"table": "ranking_signal"}
+        )
+        == 2
+    )
+
+
+def test_grace_period_delays_repair(
+    settings: Settings, write_month: WriteMonth, make_daemon: Callable[..., Daemon]
+) -> None:
+    write_month("ranking_signal", "2026-10", rows=5)
+    daemon = make_daemon(AutoRepairSettings(enabled=True, grace_period_seconds=60))
+    daemon.run_cycle()
+    assert daemon.months[("ranking_signal", "2026-10")].status == "missing"
+    daemon.months[("ranking_signal", "2026-10")].bad_since = time.time() - 61
+    daemon.run_cycle()
+    assert daemon.months[("ranking_signal", "2026-10")].status == "in_sync"
+
+
+def test_sources_down_are_reported_and_recovered(
+    settings: Settings,
+    write_month: WriteMonth,
+    make_daemon: Callable[..., Daemon],
+    pg_dsn: str,
+) -> None:
+    write_month("ranking_signal", "2026-10", rows=5)
+    write_month("composite_signal_daily", "2026-10", rows=5)
+    daemon = make_daemon()
+    good = daemon.settings
+    daemon.settings = with_overrides(
+        good, dsn=Dsn("postgresql://x@127.0.0.1:1/db"), delta_root="/nonexistent/root"
+    )
+    daemon._configure()
+    summary = daemon.run_cycle()
+    assert summary.sources_up == {"delta": False, "postgres": False}
+    assert (
+        daemon.metrics.registry.get_sample_value("reconciler_source_up", {"source": "postgres"})
+        == 0
+    )
+    assert daemon.ready()[0] is False
+    daemon.settings = good
+    daemon._configure()
+    assert daemon.run_cycle().sources_up == {"delta": True, "postgres": True}
+    assert daemon.ready() == (True, "ready")
+
+
+def test_leader_lock_and_lease(pg_dsn: str) -> None:
+    first = LeaderLock(Dsn(pg_dsn), lease_seconds=1.0)
+    second = LeaderLock(Dsn(pg_dsn), lease_seconds=1.0)
+    try:
+        assert first.try_acquire()
+        assert not second.try_acquire()
+        assert first.still_leader()
+        time.sleep(2.5)  # the leader stops pinging: its session is ended after the lease
+        assert second.try_acquire()
+        assert not first.still_leader()
+        second.release()
+        assert first.try_acquire()
+    finally:
+        first.release()
+        second.release()
+
+
+def test_repair_command(
+    cli_env: dict[str, str],
+    settings: Settings,
+    write_month: WriteMonth,
+    pg: psycopg.Connection[Any],
+) -> None:
+    write_month("ranking_signal", "2026-10", rows=25)
+    replicate(settings, "ranking_signal", "2026-10")
+    run = CliRunner()
+    result = run.invoke(main, ["repair", "--year-month", "2026-10", "--table", "ranking_signal"])
+    assert result.exit_code == 0 and "skipped" in result.stdout
+    pg.execute("DELETE FROM ranking.ranking_signal WHERE rank < 5")
+    dry = run.invoke(
+        main,
+        ["repair", "--year-month", "2026-10", "--table", "ranking_signal", "--dry-run", "--json"],
+    )
+    assert dry.exit_code == 0
+    assert json.loads(dry.stdout)["tables"][0]["outcome"] == "dry_run"
+    assert pg.execute("SELECT count(*) FROM ranking.ranking_signal").fetchone() == (20,)
+    fixed = run.invoke(
+        main, ["repair", "--year-month", "2026-10", "--table", "ranking_signal", "--json"]
+    )
+    assert fixed.exit_code == 0, fixed.output
+    document = json.loads(fixed.stdout)["tables"][0]
+    assert (document["outcome"], document["status_before"], document["status_after"]) == (
+        "repaired",
+        "drift",
+        "in_sync",
+    )
+    assert pg.execute("SELECT count(*) FROM ranking.ranking_signal").fetchone() == (25,)
+    actor, outcome = pg.execute("SELECT actor, outcome FROM ranking.repair_audit").fetchone()  # type: ignore[misc]
+    assert actor.startswith("cli:") and outcome == "repaired"
+
+
+def test_status_requires_in_sync(
+    cli_env: dict[str, str],
+    settings: Settings,
+    write_month: WriteMonth,
+    make_daemon: Callable[..., Daemon],
+    pg: psycopg.Connection[Any],
+) -> None:
+    write_month("ranking_signal", "2026-10", rows=10)
+    write_month("composite_signal_daily", "2026-10", rows=10)
+    replicate(settings, "ranking_signal", "2026-10")
+    replicate(settings, "composite_signal_daily", "2026-10")
+    gate = CliRunner().invoke(main, ["status", "--require-in-sync", "--json"])
+    assert gate.exit_code == 1  # no daemon has checked anything yet
+    assert {m["status"] for m in json.loads(gate.stdout)["months"]} == {"unknown"}
+    make_daemon().run_cycle()
+    gate = CliRunner().invoke(main, ["status", "--require-in-sync"])
+    assert gate.exit_code == 0, gate.output
+    assert "all months in sync" in gate.stdout
+    write_month("ranking_signal", "2026-10", rows=11, seed=3)
+    assert CliRunner().invoke(main, ["status", "--require-in-sync"]).exit_code == 1
+
+
+def test_run_process_signals_and_basic_auth(
+    cli_env: dict[str, str], settings: Settings, write_month: WriteMonth, tmp_path: Path
+) -> None:
+    write_month("ranking_signal", "2026-10", rows=10)
+    write_month("composite_signal_daily", "2026-10", rows=10)
+    replicate(settings, "ranking_signal", "2026-10")
+    port = free_port()
+    config = tmp_path / "reconciler.toml"
+    config.write_text(
+        "[daemon]\ninterval_seconds = 0.5\nbasic_auth_user = 'prom'\n"
+        "basic_auth_password = 's3cret'\njson_logs = true\n"
+    )
+    env = {**os.environ, **cli_env, "PYTHONPATH": os.getcwd(), "RECONCILER_CONFIG": str(config)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from reconciler.cli import main; main()",
+            "run",
+            "--metrics-addr",
+            f"127.0.0.1:{port}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+
+        def scraped() -> bool:
+            try:
+                samples = scrape(url, ("prom", "s3cret"))
+            except (urllib.error.URLError, ConnectionError):
+                return False
+            return ("reconciler_last_cycle_timestamp_seconds", ()) in samples
+
+        until(scraped, timeout=30)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            scrape(url)
+        assert refused.value.code == 401
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate()
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    messages = [line["message"] for line in lines]
+    assert any("configuration reloaded" in m for m in messages)
+    assert any("received SIGTERM" in m for m in messages)
+    assert all("run_id" in line for line in lines if line["message"].startswith("cycle done"))
