@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+from pathlib import Path
 
 import click
 import psycopg
@@ -11,6 +12,7 @@ import psycopg
 from reconciler import __version__
 from reconciler.check import MonthCheck, MonthComparer
 from reconciler.daemon import Daemon, Overrides
+from reconciler.demo import run_demo
 from reconciler.diff import DiffResult, diff_month
 from reconciler.migrate import migrate as apply_migrations
 from reconciler.repair import Repairer
@@ -348,3 +350,38 @@ def status(
     if require_in_sync:
         raise SystemExit(EXIT_OK if report.all_in_sync else EXIT_FINDING)
     raise SystemExit(EXIT_OK)
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-data"),
+    show_default=True,
+    help="Where the embedded Postgres and the Delta tables live.",
+)
+@click.option(
+    "--fresh/--reuse",
+    default=True,
+    show_default=True,
+    help="Start from an empty directory, or reuse what a previous demo left.",
+)
+@click.option("--keep-running", is_flag=True, help="Keep the daemon serving until Ctrl-C.")
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1:9187",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the demo daemon serves /metrics.",
+)
+def demo(directory: Path, fresh: bool, keep_running: bool, metrics_addr: str) -> None:
+    """Run the whole system on embedded defaults and show drift, lag and repair."""
+    try:
+        parse_host_port(metrics_addr)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        run_demo(directory, fresh=fresh, keep_running=keep_running, metrics_addr=metrics_addr)
+    except OSError as exc:
+        fail(f"demo failed: {exc}")
