@@ -305,7 +305,9 @@ class MonthWriter:
                 db_schema_name=spec.postgres_schema,
             )
         except Exception:
-            conn.rollback()
+            # The connection may be gone: the original error is the one worth reporting.
+            with contextlib.suppress(adbc_driver_manager.Error):
+                conn.rollback()
             if stream.error is not None:
                 raise stream.error from None
             raise

@@ -1,0 +1,182 @@
+"""Faults during a month write: the month is always exactly the old or exactly the new rows,
+sync state describes what is there, and the failure is visible."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from reconciler.check import MonthComparer
+from reconciler.sample import ranking_signal, write_delta_month
+from replicator.config import Settings
+from replicator.errors import PostgresError
+from replicator.writer import MonthWriter
+from replicator.yearmonth import YearMonth
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+OCT = YearMonth.parse("2026-10")
+OLD_ROWS, NEW_ROWS = 1_000, 400_000
+
+
+def month_state(pg: psycopg.Connection[Any]) -> tuple[int, int, Any]:
+    rows = pg.execute(
+        "SELECT count(*), count(DISTINCT (signal_date, entity_id, signal_name))"
+        " FROM ranking.ranking_signal WHERE year_month = '2026-10'"
+    ).fetchone()
+    state = pg.execute(
+        "SELECT delta_version, row_count FROM ranking.signal_sync_state"
+        " WHERE table_name = 'ranking_signal'"
+    ).fetchone()
+    assert rows is not None
+    return int(rows[0]), int(rows[1]), state
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def copy_in_progress(pg: psycopg.Connection[Any]) -> bool:
+    row = pg.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'COPY%'"
+        " AND datname = current_database()"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.fixture
+def old_then_new(settings: Settings, delta_root: str) -> Settings:
+    """Postgres holds the old month (Delta version 0); Delta's latest (version 1) is large."""
+    uri = settings.table_uri(settings.table("ranking_signal"))
+    write_delta_month(uri, OCT, ranking_signal(OCT, OLD_ROWS, seed=1))
+    MonthWriter(settings).write_month(settings.table("ranking_signal"), OCT)
+    write_delta_month(uri, OCT, ranking_signal(OCT, NEW_ROWS, seed=2))
+    return settings
+
+
+def test_writer_killed_mid_copy_leaves_the_old_month(
+    old_then_new: Settings,
+    pg: psycopg.Connection[Any],
+    pg_dsn: str,
+    delta_root: str,
+) -> None:
+    code = (
+        "from replicator.config import load_settings\n"
+        "from replicator.writer import MonthWriter\n"
+        "from replicator.yearmonth import YearMonth\n"
+        f"s = load_settings(dsn={pg_dsn!r}, delta_root={delta_root!r}, environ={{}})\n"
+        "MonthWriter(s).write_month(s.table('ranking_signal'), YearMonth(2026, 10))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.getcwd()}
+    )
+    try:
+        wait_for(lambda: copy_in_progress(pg))
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert month_state(pg) == (OLD_ROWS, OLD_ROWS, (0, OLD_ROWS))
+    wait_for(
+        lambda: (
+            not pg.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+                " AND datname = current_database()"
+            ).fetchone()[0]
+        ),
+        timeout=10,
+    )  # type: ignore[index]
+    MonthWriter(old_then_new).write_month(old_then_new.table("ranking_signal"), OCT)
+    assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))
+
+
+def test_connection_cut_mid_copy_fails_visibly_and_keeps_the_old_month(
+    old_then_new: Settings, pg: psycopg.Connection[Any]
+) -> None:
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            MonthWriter(old_then_new, run_id="cut").write_month(
+                old_then_new.table("ranking_signal"), OCT
+            )
+        except BaseException as exc:  # noqa: BLE001 (the test inspects it)
+            errors.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    wait_for(lambda: copy_in_progress(pg))
+    pg.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE query ILIKE 'COPY%' AND datname = current_database()"
+    )
+    thread.join(timeout=60)
+    assert len(errors) == 1 and isinstance(errors[0], PostgresError)
+    assert month_state(pg) == (OLD_ROWS, OLD_ROWS, (0, OLD_ROWS))
+    failures, reason = pg.execute(  # type: ignore[misc]
+        "SELECT consecutive_failures, last_failure_reason FROM ranking.signal_sync_state"
+    ).fetchone()
+    assert failures == 1 and "terminat" in reason.lower()
+
+
+def test_two_writers_of_one_month_serialize_into_one_complete_version(
+    old_then_new: Settings, pg: psycopg.Connection[Any]
+) -> None:
+    spec = old_then_new.table("ranking_signal")
+    done: list[str] = []
+    seen_in_flight: list[str] = []
+
+    def write(version: int) -> None:
+        MonthWriter(old_then_new, run_id=f"v{version}").write_month(
+            spec, OCT, delta_version=version, force=True
+        )
+        done.append(f"v{version}")
+
+    writers = [threading.Thread(target=write, args=(v,)) for v in (1, 0)]
+    for writer in writers:
+        writer.start()
+        time.sleep(0.05)
+    wait_for(lambda: copy_in_progress(pg))
+    seen_in_flight.append(MonthComparer(old_then_new).check(spec, OCT).status)
+    for writer in writers:
+        writer.join(timeout=120)
+    assert sorted(done) == ["v0", "v1"]
+    count, distinct, state = month_state(pg)
+    assert count == distinct  # never a union of two versions
+    assert (count, state) in ((OLD_ROWS, (0, OLD_ROWS)), (NEW_ROWS, (1, NEW_ROWS)))
+    assert seen_in_flight == ["lagging"]  # a write in flight is lag, not drift
+
+
+def test_delta_commit_during_the_read_keeps_the_pinned_version(
+    old_then_new: Settings,
+    pg: psycopg.Connection[Any],
+    delta_root: str,
+) -> None:
+    spec = old_then_new.table("ranking_signal")
+    writer_done = threading.Event()
+
+    def write() -> None:
+        MonthWriter(old_then_new).write_month(spec, OCT)
+        writer_done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    wait_for(lambda: copy_in_progress(pg))
+    write_delta_month(old_then_new.table_uri(spec), OCT, ranking_signal(OCT, 77, seed=3))
+    thread.join(timeout=120)
+    assert writer_done.is_set()
+    assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))  # the pinned version 1
+    assert MonthComparer(old_then_new).check(spec, OCT).status == "lagging"  # version 2 waits
