@@ -248,7 +248,7 @@ def repair(
                 f"{r.table} {r.year_month}: {r.outcome} ({r.status_before}{after})"
                 + (f": {r.message}" if r.message else "")
             )
-    if any(r.status_before == "error" and r.outcome == "skipped" for r in results):
+    if any(r.status_before == "error" for r in results):
         raise SystemExit(EXIT_ERROR)
     if dry_run:
         raise SystemExit(EXIT_OK)

@@ -73,6 +73,11 @@ class Repairer:
         if before.status == "in_sync" and not force:
             result.message = "already in sync (use --force to rewrite it anyway)"
             return result
+        if before.status == "error":
+            # Whatever stops the comparison (a source down, a schema mismatch) would stop the
+            # write too; report it instead of trying.
+            result.outcome, result.message = "failed", f"cannot repair: {before.reason}"
+            return result
         if dry_run:
             result.outcome = "dry_run"
             result.message = (

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from replicator.errors import InputError
 from replicator.secrets import Dsn
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 SCHEMA = "ranking"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """The configuration is invalid; the message names the key or value at fault."""
 
 
@@ -120,7 +121,11 @@ class Settings:
         raise ConfigError(f"unknown table {name!r}; configured tables: {known}")
 
     def select_tables(self, names: tuple[str, ...] | list[str]) -> tuple[TableSpec, ...]:
-        return tuple(self.table(n) for n in names) if names else self.tables
+        """The named tables (all by default), each with a Delta location, or ConfigError."""
+        specs = tuple(self.table(n) for n in names) if names else self.tables
+        for spec in specs:
+            self.table_uri(spec)
+        return specs
 
     def require_dsn(self) -> Dsn:
         if self.dsn is None:

@@ -113,7 +113,7 @@ def test_connection_cut_mid_copy_fails_visibly_and_keeps_the_old_month(
             MonthWriter(old_then_new, run_id="cut").write_month(
                 old_then_new.table("ranking_signal"), OCT
             )
-        except BaseException as exc:  # noqa: BLE001 (the test inspects it)
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=write)
