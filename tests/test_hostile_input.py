@@ -39,7 +39,7 @@ WEIRD = st.one_of(
             "NaN",
             "inf",
             "2026-00",
-            "０１",
+            "\uff10\uff11",
         ]
     ),
 )
