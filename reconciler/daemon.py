@@ -12,7 +12,9 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -119,7 +121,10 @@ class Daemon:
     def _configure(self) -> None:
         settings = self.settings
         self.comparer = MonthComparer(settings, application_name="reconciler-daemon")
-        self.repairer = Repairer(self.comparer, actor="reconciler-daemon")
+        # The audit names the instance: with two daemons, which one repaired matters.
+        self.repairer = Repairer(
+            self.comparer, actor=f"reconciler-daemon:{socket.gethostname()}:{os.getpid()}"
+        )
         self.leader = LeaderLock(
             self.comparer.dsn,
             lease_seconds=settings.daemon.leader_lease_seconds,

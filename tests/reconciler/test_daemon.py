@@ -230,7 +230,8 @@ def test_auto_repair_within_guardrails(
         " FROM ranking.repair_audit ORDER BY id"
     ).fetchall()
     assert [a[2] for a in audit] == ["repaired", "repaired"]
-    assert audit[0][0] == "reconciler-daemon" and audit[0][3] == 19 and audit[0][4] == 20
+    assert audit[0][0].startswith("reconciler-daemon:") and audit[0][3] == 19
+    assert audit[0][4] == 20
     assert (
         limited.metrics.registry.get_sample_value(
             "reconciler_repairs_total", {"table": "ranking_signal"}

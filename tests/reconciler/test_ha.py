@@ -1,0 +1,193 @@
+"""Two daemon processes against one database: one leader repairs; a killed or frozen leader is
+replaced within its lease, and a frozen one never repairs after it wakes. A daemon killed in
+the middle of a repair leaves the month atomic, and the next one repairs it once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler.sample import ranking_signal, write_delta_month
+from replicator.config import Settings
+from replicator.writer import MonthWriter
+from replicator.yearmonth import YearMonth
+from tests.fix_delta import WriteMonth
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+OCT = YearMonth.parse("2026-10")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+class DaemonProcess:
+    def __init__(self, env: dict[str, str], config: Path) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from reconciler.cli import main; main()",
+                "run",
+                "--config",
+                str(config),
+                "--metrics-addr",
+                f"127.0.0.1:{self.port}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def metric(self, name: str) -> float | None:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}/metrics", timeout=2
+            ) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name:
+                    return float(sample.value)
+        return None
+
+    def leader(self) -> bool:
+        return self.metric("reconciler_leader") == 1.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def daemons(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], DaemonProcess]]:
+    config = tmp_path / "ha.toml"
+    config.write_text(
+        "[daemon]\ninterval_seconds = 0.5\nleader_lease_seconds = 2\n"
+        "[auto_repair]\nenabled = true\ngrace_period_seconds = 0\n"
+    )
+    env = {**os.environ, **cli_env, "PYTHONPATH": os.getcwd()}
+    started: list[DaemonProcess] = []
+
+    def start() -> DaemonProcess:
+        started.append(DaemonProcess(env, config))
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def audit_actors(pg: psycopg.Connection[Any]) -> list[str]:
+    return [row[0] for row in pg.execute("SELECT actor FROM ranking.repair_audit ORDER BY id")]
+
+
+def test_leader_frozen_past_its_lease_is_replaced_and_never_repairs(
+    daemons: Callable[[], DaemonProcess],
+    settings: Settings,
+    write_month: WriteMonth,
+    pg: psycopg.Connection[Any],
+) -> None:
+    for table in ("ranking_signal", "composite_signal_daily"):
+        write_month(table, "2026-10", rows=50)
+        MonthWriter(settings).write_month(settings.table(table), OCT)
+    first = daemons()
+    until(first.leader, 30, "the first daemon to lead")
+    second = daemons()
+    until(lambda: second.metric("reconciler_leader") == 0.0, 30, "the second daemon to stand by")
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    until(second.leader, 30, "the second daemon to take over")
+    assert time.monotonic() - frozen_at < 15  # about one lease plus a cycle
+    pg.execute("DELETE FROM ranking.ranking_signal WHERE rank < 5")  # drift, while frozen
+    os.kill(first.proc.pid, signal.SIGCONT)
+    until(lambda: bool(audit_actors(pg)), 30, "a repair")
+    until(lambda: first.metric("reconciler_leader") == 0.0, 30, "the woken daemon to step down")
+    time.sleep(3)
+    actors = audit_actors(pg)
+    assert actors and all(a.endswith(f":{second.proc.pid}") for a in actors), actors
+
+
+def test_leader_killed_is_replaced(
+    daemons: Callable[[], DaemonProcess], settings: Settings, write_month: WriteMonth
+) -> None:
+    for table in ("ranking_signal", "composite_signal_daily"):
+        write_month(table, "2026-10", rows=10)
+    first = daemons()
+    until(first.leader, 30, "the first daemon to lead")
+    second = daemons()
+    until(lambda: second.metric("reconciler_leader") == 0.0, 30, "the second daemon to stand by")
+    first.proc.kill()
+    killed_at = time.monotonic()
+    until(second.leader, 30, "the second daemon to take over")
+    assert time.monotonic() - killed_at < 10
+
+
+def test_daemon_killed_mid_repair_leaves_the_month_atomic_and_it_is_repaired_once(
+    daemons: Callable[[], DaemonProcess],
+    settings: Settings,
+    write_month: WriteMonth,
+    pg: psycopg.Connection[Any],
+) -> None:
+    write_month("composite_signal_daily", "2026-10", rows=10)
+    MonthWriter(settings).write_month(settings.table("composite_signal_daily"), OCT)
+    write_delta_month(
+        settings.table_uri(settings.table("ranking_signal")), OCT, ranking_signal(OCT, 300_000)
+    )  # never replicated: missing
+    first = daemons()
+
+    def copying() -> bool:
+        row = pg.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'COPY%'"
+            " AND datname = current_database()"
+        ).fetchone()
+        return bool(row and row[0])
+
+    until(copying, 60, "the repair's COPY")
+    first.proc.kill()
+    first.proc.wait(timeout=10)
+    counts = pg.execute("SELECT count(*) FROM ranking.ranking_signal").fetchone()
+    assert counts in ((0,), (300_000,))  # all or nothing
+    assert audit_actors(pg) == [] or counts == (300_000,)
+    second = daemons()
+    until(
+        lambda: (
+            pg.execute(
+                "SELECT count(*) FROM ranking.repair_audit WHERE outcome = 'repaired'"
+            ).fetchone()
+            == (1,)
+        ),
+        60,
+        "the repair",
+    )
+    assert pg.execute("SELECT count(*) FROM ranking.ranking_signal").fetchone() == (300_000,)
+    time.sleep(2)
+    outcomes = [row[0] for row in pg.execute("SELECT outcome FROM ranking.repair_audit")]
+    assert outcomes == ["repaired"]  # repaired once
+    assert second.proc.poll() is None
