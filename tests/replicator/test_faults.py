@@ -3,8 +3,10 @@ sync state describes what is there, and the failure is visible."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,11 +16,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from reconciler.check import MonthComparer
 from reconciler.sample import ranking_signal, write_delta_month
-from replicator.config import Settings
+from replicator.config import Settings, with_overrides
 from replicator.errors import PostgresError
+from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 
@@ -180,3 +184,85 @@ def test_delta_commit_during_the_read_keeps_the_pinned_version(
     assert writer_done.is_set()
     assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))  # the pinned version 1
     assert MonthComparer(old_then_new).check(spec, OCT).status == "lagging"  # version 2 waits
+
+
+class CommitSwallowingProxy:
+    """Forwards Postgres traffic. On a connection that ran a COPY, it forwards the COMMIT, lets
+    the server commit, and cuts the client off before the answer: a lost acknowledgement."""
+
+    def __init__(self, upstream: tuple[int, Any]) -> None:
+        self.upstream = upstream  # (address family, address)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.swallowed = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.socket(self.upstream[0])
+            server.connect(self.upstream[1])
+            cut = threading.Event()
+            threading.Thread(
+                target=self._to_server, args=(client, server, cut), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._to_client, args=(server, client, cut), daemon=True
+            ).start()
+
+    def _to_server(
+        self, client: socket.socket, server: socket.socket, cut: threading.Event
+    ) -> None:
+        copied = False
+        try:
+            while data := client.recv(65536):
+                copied = copied or b"COPY" in data
+                if copied and b"COMMIT" in data:
+                    cut.set()  # from now on nothing goes back to the client
+                    server.sendall(data)
+                    self.swallowed += 1
+                    time.sleep(0.5)
+                    break
+                server.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (client, server):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _to_client(
+        self, server: socket.socket, client: socket.socket, cut: threading.Event
+    ) -> None:
+        try:
+            while (data := server.recv(65536)) and not cut.is_set():
+                client.sendall(data)
+        except OSError:
+            pass
+
+
+def test_lost_commit_acknowledgement_is_resolved_from_sync_state(
+    old_then_new: Settings, pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    host = str(params.get("host") or "/tmp")
+    port = int(params.get("port") or 5432)
+    if host.startswith("/"):
+        upstream: tuple[int, Any] = (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}")
+    else:
+        upstream = (socket.AF_INET, (host, port))
+    proxy = CommitSwallowingProxy(upstream)
+    proxied = with_overrides(
+        old_then_new, dsn=Dsn(make_conninfo(pg_dsn, host="127.0.0.1", port=str(proxy.port)))
+    )
+    result = MonthWriter(proxied, run_id="lost-ack").write_month(
+        proxied.table("ranking_signal"), OCT
+    )
+    assert proxy.swallowed >= 1
+    assert (result.status, result.rows) == ("written", NEW_ROWS)
+    assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))  # one copy, not two
