@@ -226,7 +226,10 @@ class MonthComparer:
         version: int,
     ) -> None:
         """Counts, then digests: Postgres against Delta `version`, computed or as recorded."""
-        result.delta_rows = recorded.rows if recorded is not None else delta.count()  # type: ignore[union-attr]
+        if recorded is not None:
+            result.delta_rows = recorded.rows
+        elif delta is not None:
+            result.delta_rows = delta.count()
         if result.delta_rows != result.postgres_rows:
             result.status = "drift"
             result.reason = (

@@ -29,6 +29,7 @@ from replicator.options import (
     emit_json,
     fail,
     hide_dsn_from_process_title,
+    render_table,
     settings_options,
 )
 from replicator.yearmonth import YearMonth
@@ -97,11 +98,8 @@ def _print_check(month: MonthCheck) -> None:
         )
         for t in month.tables
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        click.echo(
-            "  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        )
+    for line in render_table(rows):
+        click.echo("  " + line)
 
 
 @main.command()

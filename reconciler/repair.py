@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from reconciler.check import MonthComparer, TableCheck
@@ -145,7 +146,7 @@ class Repairer:
                         result.run_id,
                     ),
                 )
-        except (ReplicationError, Exception) as exc:  # the audit must not hide the repair
+        except (ReplicationError, psycopg.Error) as exc:  # the audit must not hide the repair
             logger.error(
                 "could not write the repair audit row: %s", self.comparer.dsn.scrub(str(exc))
             )

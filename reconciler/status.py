@@ -13,6 +13,7 @@ from reconciler.daemon import retention_window
 from reconciler.syncstate import read_all_sync_states
 from replicator.delta import DeltaTableReader
 from replicator.errors import ReplicationError
+from replicator.options import render_table
 from replicator.yearmonth import YearMonth
 
 
@@ -72,11 +73,7 @@ class StatusReport:
                     note,
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-        lines = [
-            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1]
-            for r in rows
-        ]
+        lines = render_table(rows)
         lines += [f"error: {e}" for e in self.errors]
         lines.append("all months in sync" if self.all_in_sync else "NOT all months in sync")
         return "\n".join(lines)

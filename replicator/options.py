@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -78,6 +78,14 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 def exit_code_for(exc: ReplicationError) -> int:
     return EXIT_FINDING if isinstance(exc, StaleSnapshotError) else EXIT_ERROR
+
+
+def render_table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Rows as aligned text columns; the last column (free text) is not padded."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows
+    ]
 
 
 def emit_json(document: Any) -> None:

@@ -90,7 +90,8 @@ class _BatchStream:
     """
 
     def __init__(self, schema: TableSchema, batches: Iterator[pa.RecordBatch]) -> None:
-        # The contract digest of the rows as read from Delta, recorded with the sync.
+        # The contract digest of the rows as read from Delta, recorded with the sync. Imported
+        # here: the contract's modules import this package (a module-level import is a cycle).
         from reconciler.digest import DigestAccumulator
         from reconciler.sides import DeltaHasher
 
