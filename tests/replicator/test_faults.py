@@ -266,3 +266,33 @@ def test_lost_commit_acknowledgement_is_resolved_from_sync_state(
     assert proxy.swallowed >= 1
     assert (result.status, result.rows) == ("written", NEW_ROWS)
     assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))  # one copy, not two
+
+
+def test_readers_see_the_old_month_during_a_write_and_other_months_are_not_blocked(
+    old_then_new: Settings, pg_dsn: str, write_month: Any
+) -> None:
+    write_month("ranking_signal", "2026-09", rows=300)
+    MonthWriter(old_then_new).write_month(
+        old_then_new.table("ranking_signal"), YearMonth.parse("2026-09")
+    )
+    thread = threading.Thread(
+        target=lambda: MonthWriter(old_then_new).write_month(
+            old_then_new.table("ranking_signal"), OCT
+        )
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as reader:
+        reader.execute("SET lock_timeout = '1s'")
+        thread.start()
+        wait_for(lambda: copy_in_progress(reader))
+        october = reader.execute(
+            "SELECT count(*) FROM ranking.ranking_signal WHERE year_month = '2026-10'"
+        ).fetchone()
+        september = reader.execute(
+            "SELECT count(*) FROM ranking.ranking_signal WHERE year_month = '2026-09'"
+        ).fetchone()
+        assert copy_in_progress(reader)  # both answered while the write was still running
+        thread.join(timeout=120)
+        after = reader.execute(
+            "SELECT count(*) FROM ranking.ranking_signal WHERE year_month = '2026-10'"
+        ).fetchone()
+    assert (october, september, after) == ((OLD_ROWS,), (300,), (NEW_ROWS,))
