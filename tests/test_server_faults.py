@@ -159,7 +159,7 @@ def test_daemon_survives_postgres_down_without_false_drift(
         wait_for(lambda: daemon.sources_up["postgres"] is False, timeout=30)
         down_since = time.monotonic()
         statuses: set[str] = set()
-        while time.monotonic() - down_since < 15:
+        while time.monotonic() - down_since < 60:  # Postgres away for a minute
             statuses |= {m.status for m in daemon.months.values()}
             assert thread.is_alive()
             time.sleep(0.5)

@@ -99,3 +99,41 @@ def test_reader_only_reads_signals(login_as: Any, statement: str) -> None:
         conn.execute("SELECT count(*) FROM ranking.composite_signal_daily")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(statement)
+
+
+def test_functions_shadowing_builtins_are_never_called(
+    pg: psycopg.Connection[Any], pg_dsn: str, settings: Any, write_month: Any
+) -> None:
+    """A schema earlier in the search path defines look-alikes of the builtins our SQL uses;
+    our connections pin search_path, so the digests stay right."""
+    from reconciler.check import MonthComparer
+    from replicator.writer import MonthWriter
+    from replicator.yearmonth import YearMonth
+
+    database = pg.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+    pg.execute("CREATE SCHEMA IF NOT EXISTS shadow")
+    for signature in (
+        "hashtextextended(text, bigint) RETURNS bigint",
+        "encode(bytea, text) RETURNS text",
+        "octet_length(text) RETURNS integer",
+        "int8send(bigint) RETURNS bytea",
+        "float8send(double precision) RETURNS bytea",
+    ):
+        pg.execute(
+            f"CREATE OR REPLACE FUNCTION shadow.{signature} LANGUAGE plpgsql"
+            " AS $$ BEGIN RETURN NULL; END $$"
+        )
+    pg.execute(
+        sql.SQL("ALTER DATABASE {} SET search_path = shadow, public, pg_catalog").format(
+            sql.Identifier(database)
+        )
+    )
+    try:
+        write_month("ranking_signal", "2026-10", rows=50)
+        month = YearMonth.parse("2026-10")
+        MonthWriter(settings).write_month(settings.table("ranking_signal"), month)
+        result = MonthComparer(settings).check(settings.table("ranking_signal"), month, deep=True)
+        assert (result.status, result.delta_digest) == ("in_sync", result.postgres_digest)
+    finally:
+        pg.execute(sql.SQL("ALTER DATABASE {} RESET search_path").format(sql.Identifier(database)))
+        pg.execute("DROP SCHEMA shadow CASCADE")
