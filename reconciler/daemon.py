@@ -324,7 +324,12 @@ class Daemon:
                 inputs = (files, sync, str(month) in present)
                 if reader is None:
                     continue  # without Delta nothing can be compared; keep the last status
-                if current.status == "unknown" or inputs != current.inputs or spec.name in outside:
+                # An error may be transient (a read that failed): it is retried every cycle.
+                if (
+                    current.status in ("unknown", "error")
+                    or inputs != current.inputs
+                    or spec.name in outside
+                ):
                     todo.append((spec, month, False))
                 current.inputs = inputs
         conn.rollback()

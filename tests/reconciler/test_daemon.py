@@ -408,3 +408,29 @@ def test_run_process_signals_and_basic_auth(
     assert any("configuration reloaded" in m for m in messages)
     assert any("received SIGTERM" in m for m in messages)
     assert all("run_id" in line for line in lines if line["message"].startswith("cycle done"))
+
+
+def test_months_in_error_are_never_auto_repaired(
+    settings: Settings,
+    write_month: WriteMonth,
+    make_daemon: Callable[..., Daemon],
+    pg: psycopg.Connection[Any],
+) -> None:
+    write_month("ranking_signal", "2026-10", rows=10)
+    replicate(settings, "ranking_signal", "2026-10")
+    pg.execute("ALTER TABLE ranking.ranking_signal ADD COLUMN surprise integer")
+    try:
+        daemon = make_daemon(AutoRepairSettings(enabled=True, grace_period_seconds=0))
+        for _ in range(3):
+            daemon.run_cycle()
+        state = daemon.months[("ranking_signal", "2026-10")]
+        assert state.status == "error" and "surprise" in state.reason
+        assert pg.execute("SELECT count(*) FROM ranking.repair_audit").fetchone() == (0,)
+        assert (
+            daemon.metrics.registry.get_sample_value(
+                "reconciler_check_failures_total", {"table": "ranking_signal"}
+            )
+            == 3  # retried every cycle (an error may be transient), counted each time
+        )
+    finally:
+        pg.execute("ALTER TABLE ranking.ranking_signal DROP COLUMN surprise")

@@ -296,3 +296,25 @@ def test_readers_see_the_old_month_during_a_write_and_other_months_are_not_block
             "SELECT count(*) FROM ranking.ranking_signal WHERE year_month = '2026-10'"
         ).fetchone()
     assert (october, september, after) == ((OLD_ROWS,), (300,), (NEW_ROWS,))
+
+
+def test_a_writer_racing_a_repair_serialize(
+    old_then_new: Settings, pg: psycopg.Connection[Any]
+) -> None:
+    from reconciler.repair import Repairer
+
+    spec = old_then_new.table("ranking_signal")
+    comparer = MonthComparer(old_then_new)
+    pg.execute("DELETE FROM ranking.ranking_signal WHERE rank < 10")  # drift to repair
+    job = threading.Thread(
+        target=lambda: MonthWriter(old_then_new, run_id="job").write_month(
+            spec, OCT, delta_version=1
+        )
+    )
+    job.start()
+    wait_for(lambda: copy_in_progress(pg))
+    result = Repairer(comparer, actor="test").repair(spec, OCT)  # waits for the month's lock
+    job.join(timeout=120)
+    assert result.outcome in ("repaired", "skipped")
+    assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))
+    assert comparer.check(spec, OCT, deep=True).status == "in_sync"
