@@ -61,6 +61,7 @@ class MonthState:
     last_deep_check: float = 0.0
     replication_failures: int = 0
     inputs: tuple[Any, ...] | None = None  # what the last full comparison saw
+    planned_inputs: tuple[Any, ...] | None = None  # what this cycle's plan saw
     bad_since: float | None = None  # when it became drift or missing (repair grace)
 
     def view(self) -> MonthView:
@@ -331,8 +332,10 @@ class Daemon:
                     or spec.name in outside
                 ):
                     todo.append((spec, month, False))
-                current.inputs = inputs
+                # Recorded as seen only once a comparison completes (see `_check`).
+                current.planned_inputs = inputs
         conn.rollback()
+        todo.sort(key=lambda item: str(item[1]), reverse=True)  # most recent months first
         return self._with_deep_checks(todo, now)
 
     def _with_deep_checks(
@@ -421,11 +424,9 @@ class Daemon:
         summary.checked += 1
         if result.status == "error":
             self.metrics.check_failures.labels(table=spec.name).inc()
-        self._record(
-            self.months.setdefault((spec.name, str(month)), MonthState(spec.name, str(month))),
-            result,
-            deep,
-        )
+        state = self.months.setdefault((spec.name, str(month)), MonthState(spec.name, str(month)))
+        self._record(state, result, deep)
+        state.inputs = state.planned_inputs
         self._persist(conn, result)
         level = logging.WARNING if result.status not in ("in_sync", "lagging") else logging.DEBUG
         logger.log(
