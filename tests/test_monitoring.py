@@ -8,10 +8,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from replicator.config import DaemonSettings, Settings, with_overrides
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.fix_delta import WriteMonth
+from tests.waiting import free_port, until
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "reconciler.rules.yml"
@@ -151,13 +150,6 @@ def running_daemon(settings: Settings, write_month: WriteMonth) -> Iterator[tupl
         server.stop()
 
 
-def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-
-
 @pytest.mark.integration
 def test_every_name_used_is_exported_by_a_real_daemon(running_daemon: tuple[Daemon, str]) -> None:
     daemon, url = running_daemon
@@ -171,12 +163,6 @@ def test_every_name_used_is_exported_by_a_real_daemon(running_daemon: tuple[Daem
     }
     missing = used_metric_names() - exported
     assert not missing, f"used in alerts or the dashboard but not exported: {missing}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.integration

@@ -8,7 +8,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from replicator.config import DaemonSettings, Settings, load_settings, with_over
 from replicator.errors import PostgresError
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OCT = YearMonth.parse("2026-10")
@@ -81,13 +82,6 @@ def killable_settings(killable: KillableServer, tmp_path: Path) -> Iterator[Sett
         killable.restart()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def month_state(uri: str) -> tuple[Any, ...]:
     with psycopg.connect(uri) as conn:
         count = conn.execute("SELECT count(*) FROM ranking.ranking_signal").fetchone()
@@ -125,7 +119,7 @@ def test_postgres_stopped_immediately_during_a_write(
             ).fetchone()
         return bool(row and row[0])
 
-    wait_for(copying)
+    until(copying)
     killable.kill_immediately()
     thread.join(timeout=60)
     assert len(errors) == 1 and isinstance(errors[0], PostgresError)
@@ -153,10 +147,10 @@ def test_daemon_survives_postgres_down_without_false_drift(
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: daemon.last_cycle_timestamp is not None)
+        until(lambda: daemon.last_cycle_timestamp is not None)
         assert {m.status for m in daemon.months.values()} == {"in_sync"}
         killable.kill_immediately()
-        wait_for(lambda: daemon.sources_up["postgres"] is False, timeout=30)
+        until(lambda: daemon.sources_up["postgres"] is False, timeout=30)
         down_since = time.monotonic()
         statuses: set[str] = set()
         while time.monotonic() - down_since < 60:  # Postgres away for a minute
@@ -170,7 +164,7 @@ def test_daemon_survives_postgres_down_without_false_drift(
         )
         killable.restart()
         back = time.monotonic()
-        wait_for(lambda: daemon.sources_up["postgres"], timeout=30)
+        until(lambda: daemon.sources_up["postgres"], timeout=30)
         # Recovery within a cycle or two (the back-off is at most four intervals).
         assert time.monotonic() - back < 10
         assert {m.status for m in daemon.months.values()} == {"in_sync"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,14 +27,9 @@ from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.fix_delta import WriteMonth
+from tests.waiting import free_port, until
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def scrape(
@@ -88,13 +82,6 @@ def make_daemon(settings: Settings) -> Iterator[Callable[..., Daemon]]:
 
 def replicate(settings: Settings, table: str, month: str) -> None:
     MonthWriter(settings).write_month(settings.table(table), YearMonth.parse(month))
-
-
-def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
 
 
 def test_cycle_statuses_metrics_and_idle_cycles(

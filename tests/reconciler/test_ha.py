@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,22 +23,10 @@ from replicator.config import Settings
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.fix_delta import WriteMonth
+from tests.waiting import free_port, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OCT = YearMonth.parse("2026-10")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 class DaemonProcess:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -25,6 +24,7 @@ from replicator.errors import PostgresError
 from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OCT = YearMonth.parse("2026-10")
@@ -42,13 +42,6 @@ def month_state(pg: psycopg.Connection[Any]) -> tuple[int, int, Any]:
     ).fetchone()
     assert rows is not None
     return int(rows[0]), int(rows[1]), state
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def copy_in_progress(pg: psycopg.Connection[Any]) -> bool:
@@ -86,7 +79,7 @@ def test_writer_killed_mid_copy_leaves_the_old_month(
         [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.getcwd()}
     )
     try:
-        wait_for(lambda: copy_in_progress(pg))
+        until(lambda: copy_in_progress(pg))
         time.sleep(0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -94,7 +87,7 @@ def test_writer_killed_mid_copy_leaves_the_old_month(
         if proc.poll() is None:
             proc.kill()
     assert month_state(pg) == (OLD_ROWS, OLD_ROWS, (0, OLD_ROWS))
-    wait_for(
+    until(
         lambda: (
             not pg.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
@@ -122,7 +115,7 @@ def test_connection_cut_mid_copy_fails_visibly_and_keeps_the_old_month(
 
     thread = threading.Thread(target=write)
     thread.start()
-    wait_for(lambda: copy_in_progress(pg))
+    until(lambda: copy_in_progress(pg))
     pg.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE query ILIKE 'COPY%' AND datname = current_database()"
@@ -153,7 +146,7 @@ def test_two_writers_of_one_month_serialize_into_one_complete_version(
     for writer in writers:
         writer.start()
         time.sleep(0.05)
-    wait_for(lambda: copy_in_progress(pg))
+    until(lambda: copy_in_progress(pg))
     seen_in_flight.append(MonthComparer(old_then_new).check(spec, OCT).status)
     for writer in writers:
         writer.join(timeout=120)
@@ -178,7 +171,7 @@ def test_delta_commit_during_the_read_keeps_the_pinned_version(
 
     thread = threading.Thread(target=write)
     thread.start()
-    wait_for(lambda: copy_in_progress(pg))
+    until(lambda: copy_in_progress(pg))
     write_delta_month(old_then_new.table_uri(spec), OCT, ranking_signal(OCT, 77, seed=3))
     thread.join(timeout=120)
     assert writer_done.is_set()
@@ -283,7 +276,7 @@ def test_readers_see_the_old_month_during_a_write_and_other_months_are_not_block
     with psycopg.connect(pg_dsn, autocommit=True) as reader:
         reader.execute("SET lock_timeout = '1s'")
         thread.start()
-        wait_for(lambda: copy_in_progress(reader))
+        until(lambda: copy_in_progress(reader))
         october = reader.execute(
             "SELECT count(*) FROM ranking.ranking_signal WHERE year_month = '2026-10'"
         ).fetchone()
@@ -312,7 +305,7 @@ def test_a_writer_racing_a_repair_serialize(
         )
     )
     job.start()
-    wait_for(lambda: copy_in_progress(pg))
+    until(lambda: copy_in_progress(pg))
     result = Repairer(comparer, actor="test").repair(spec, OCT)  # waits for the month's lock
     job.join(timeout=120)
     assert result.outcome in ("repaired", "skipped")
