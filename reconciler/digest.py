@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
+from replicator.delta import quote_identifier
 from replicator.schema import Column, Kind
 
 CONTRACT_VERSION = "rh1"
@@ -81,11 +82,6 @@ _DATAFUSION_PAYLOAD: dict[Kind, str] = {
 }
 
 
-def quote(name: str) -> str:
-    """Identifier quoting for DataFusion (standard SQL double quotes)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 @dataclass(frozen=True)
 class Encoder:
     """Builds the canonical-encoding SQL expressions for one engine."""
@@ -111,7 +107,7 @@ def _postgres_quote(name: str) -> str:
 
 
 POSTGRES = Encoder(_POSTGRES_PAYLOAD, "octet_length({p})::text", _postgres_quote)
-DATAFUSION = Encoder(_DATAFUSION_PAYLOAD, "CAST(octet_length({p}) AS VARCHAR)", quote)
+DATAFUSION = Encoder(_DATAFUSION_PAYLOAD, "CAST(octet_length({p}) AS VARCHAR)", quote_identifier)
 
 
 def postgres_hash(text_sql: str) -> str:

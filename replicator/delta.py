@@ -1,8 +1,8 @@
 """Reading one month of a Delta table at a pinned version, in bounded batches.
 
-A `MonthSnapshot` names exactly what is being read: the table, the month and the Delta
-version. Everything that reads Delta goes through `DeltaTableReader`, so errors come out
-as `DeltaError` with a message that says which table and version failed.
+A `DeltaTableReader` is one table pinned at one Delta version; everything that reads Delta goes
+through it, so errors come out as `DeltaError` with a message that says which table and version
+failed.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable, QueryBuilder
@@ -30,15 +29,6 @@ class MonthFile:
     path: str
     num_records: int | None
     modification_time_ms: int
-
-
-@dataclass(frozen=True)
-class MonthSnapshot:
-    """One month of one table as of one Delta version: the unit of replication and comparison."""
-
-    spec: TableSpec
-    year_month: YearMonth
-    version: int
 
 
 class DeltaTableReader:
@@ -73,9 +63,6 @@ class DeltaTableReader:
 
     def columns(self) -> list[Column]:
         return delta_columns(self.table.schema())
-
-    def snapshot(self, year_month: YearMonth) -> MonthSnapshot:
-        return MonthSnapshot(self.spec, year_month, self.version)
 
     def _load_files(self) -> dict[str, list[MonthFile]]:
         if self._files is None:
@@ -150,14 +137,6 @@ class DeltaTableReader:
                 f"table {self.spec.name}: cannot read {year_month} at version {self.version}: "
                 f"{exc} (was this version vacuumed?)"
             ) from None
-
-    def commit_timestamps(self) -> dict[int, float]:
-        """Commit time (epoch seconds) of every version still in the log."""
-        try:
-            history: list[dict[str, Any]] = self.table.history()
-        except _DeltaLibError as exc:
-            raise DeltaError(f"table {self.spec.name}: cannot read history: {exc}") from None
-        return {int(h["version"]): h["timestamp"] / 1000.0 for h in history if "version" in h}
 
 
 def quote_identifier(name: str) -> str:
