@@ -27,7 +27,7 @@ from benchmarks.common import (
     timed,
     write_delta,
 )
-from reconciler.check import MonthComparer
+from reconciler.check import Checker
 from reconciler.diff import diff_month
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
@@ -88,11 +88,11 @@ def main() -> None:
             conn.execute("VACUUM ANALYZE ranking.rs_a")
             conn.execute("VACUUM ANALYZE ranking.rs_b")
         copy_seconds = min(copy_out(dsn) for _ in range(2))
-        comparer = MonthComparer(settings)
-        comparer.check(spec, YearMonth.parse("2026-09"))  # connection and hash self-test warm-up
-        check_seconds, result = timed(lambda: comparer.check(spec, MONTH))
+        checker = Checker.for_settings(settings)
+        checker.check(spec, YearMonth.parse("2026-09"))  # connection and hash self-test warm-up
+        check_seconds, result = timed(lambda: checker.check(spec, MONTH))
         assert (result.status, result.delta_digest_source) == ("in_sync", "recorded")
-        deep_seconds, deep = timed(lambda: comparer.check(spec, MONTH, deep=True))
+        deep_seconds, deep = timed(lambda: checker.check(spec, MONTH, deep=True))
         assert (deep.status, deep.delta_digest_source) == ("in_sync", "computed")
         reladiff_seconds, found = reladiff_run(dsn)
         assert found == 0
@@ -125,7 +125,7 @@ def main() -> None:
                     " FROM ranking.changed c WHERE (t.signal_date, t.entity_id, t.signal_name)"
                     " = (c.signal_date, c.entity_id, c.signal_name)"
                 )
-        diff_seconds, diff = timed(lambda: diff_month(MonthComparer(settings), spec, MONTH, 100))
+        diff_seconds, diff = timed(lambda: diff_month(checker.db, settings, spec, MONTH, 100))
         reladiff_diff_seconds, reladiff_found = reladiff_run(dsn)
         report(
             "diff with 10 changed rows",
@@ -149,10 +149,10 @@ def main() -> None:
             MonthWriter(settings).write_month(settings.table("ranking_signal"), MONTH)
             code = (
                 "from benchmarks.common import settings_for\n"
-                "from reconciler.check import MonthComparer\n"
+                "from reconciler.check import Checker\n"
                 "from replicator.yearmonth import YearMonth\n"
                 f"s = settings_for({dsn!r}, {root!r})\n"
-                "r = MonthComparer(s).check(s.table('ranking_signal'), YearMonth(2026, 10),"
+                "r = Checker.for_settings(s).check(s.table('ranking_signal'), YearMonth(2026, 10),"
                 " deep=True)\n"
                 "print(r.status, r.delta_rows, round(r.duration_seconds, 2))\n"
             )

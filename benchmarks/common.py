@@ -19,6 +19,7 @@ from psycopg.conninfo import make_conninfo
 from reconciler.migrate import migrate
 from reconciler.sample import GENERATORS, write_delta_month
 from replicator.config import Settings, load_settings
+from replicator.postgres import Database
 from replicator.secrets import Dsn
 from replicator.yearmonth import YearMonth
 
@@ -51,7 +52,7 @@ def scratch_database(server: str, name: str = "reconciler_bench") -> Iterator[st
         )
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = make_conninfo(server, dbname=name)
-    migrate(Dsn(dsn))
+    migrate(Database(Dsn(dsn)))
     try:
         yield dsn
     finally:

@@ -19,7 +19,7 @@ import psutil
 import psycopg
 
 from benchmarks.common import DEFAULT_SERVER, report, scratch_database, settings_for, tempdir
-from reconciler.check import MonthComparer
+from reconciler.check import Checker
 from reconciler.daemon import Daemon, Overrides
 from reconciler.sample import GENERATORS, write_delta_month
 from replicator.config import AutoRepairSettings, DaemonSettings, with_overrides
@@ -165,12 +165,12 @@ def main() -> None:
         daemon.stop()
         thread.join(timeout=30)
         daemon.leader.release()
-        comparer = MonthComparer(settings)
+        checker = Checker.for_settings(settings)
         wrong = [
             (spec.name, str(m))
             for spec in settings.tables
             for m in months
-            if comparer.check(spec, m, deep=True).status != "in_sync"
+            if checker.check(spec, m, deep=True).status != "in_sync"
         ]
         first, last = samples[1] if len(samples) > 1 else samples[0], samples[-1]
         report(

@@ -1,8 +1,9 @@
 """Every metric the reconciler exports, defined in one place, in a private registry.
 
 Per-month state is exported by `MonthStateCollector`, which builds fresh families on each
-scrape from the daemon's current view, so a month that leaves the retention window leaves the
-output. Counters and the histogram are ordinary prometheus-client objects.
+scrape from the view it is handed (`DaemonView`), so a month that leaves the retention window
+leaves the output. This package knows nothing of the reconciler beyond that view. Counters and
+the histogram are ordinary prometheus-client objects.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-MONTH_STATUSES = ("in_sync", "drift", "lagging", "missing", "orphaned", "error", "unknown")
-SOURCES = ("delta", "postgres")
 
 MONTH_STATUS = "reconciler_month_status"
 MONTH_ROWS = "reconciler_month_rows"
@@ -77,10 +75,11 @@ class MonthView:
 @dataclass(frozen=True)
 class DaemonView:
     months: tuple[MonthView, ...]
-    sources_up: Mapping[str, bool]
+    sources_up: Mapping[str, bool]  # every source, up or not
     last_cycle_timestamp: float | None
     leader: bool
     circuit_open: bool
+    statuses: tuple[str, ...]  # every value of the month status state set, in order
 
 
 class MonthStateCollector(Collector):
@@ -123,7 +122,7 @@ class MonthStateCollector(Collector):
         )
         for month in view.months:
             labels = [month.table, month.year_month]
-            for name in MONTH_STATUSES:
+            for name in view.statuses:
                 status.add_metric([*labels, name], 1.0 if month.status == name else 0.0)
             if month.delta_rows is not None:
                 rows.add_metric([*labels, "delta"], month.delta_rows)
@@ -138,8 +137,8 @@ class MonthStateCollector(Collector):
         up = GaugeMetricFamily(
             SOURCE_UP, "1 if the source answered in the last cycle", labels=["source"]
         )
-        for source in SOURCES:
-            up.add_metric([source], 1.0 if view.sources_up.get(source) else 0.0)
+        for source, is_up in sorted(view.sources_up.items()):
+            up.add_metric([source], 1.0 if is_up else 0.0)
         families: list[Metric] = [status, rows, lag, last_sync, last_check, failures, up]
         if view.last_cycle_timestamp is not None:
             cycle = GaugeMetricFamily(LAST_CYCLE, "End of the last complete cycle")

@@ -1,6 +1,9 @@
-"""Deciding the status of one month of one table: in sync, drift, lagging, missing, orphaned,
-or error. Counts first, then digests; Postgres is read in one REPEATABLE READ snapshot and
-compared with the Delta version that sync state says it holds.
+"""Checking one month of one table: gather the facts, let `verdict.classify` decide.
+
+Postgres is read in one REPEATABLE READ snapshot (sync state, count, digest). What Postgres should
+hold is the digest the writer recorded at sync (`RecordedSide`) or, for a deep check, the Delta
+snapshot it claims to hold recomputed (`DeltaSide`). Counts are compared before digests, and
+digests are computed only when the verdict needs them.
 """
 
 from __future__ import annotations
@@ -13,25 +16,26 @@ from typing import Any
 
 import psycopg
 
-from reconciler.digest import MonthDigest
-from reconciler.sides import DeltaSide, PostgresSide
-from reconciler.syncstate import read_sync_state, replication_in_flight
+from reconciler.sides import DeltaSide, MonthSide, PostgresSide, RecordedSide
+from reconciler.verdict import (
+    Digest,
+    MonthFacts,
+    Status,
+    Verdict,
+    classify,
+    needs_content,
+    with_content,
+    worst,
+)
 from replicator.config import Settings, TableSpec
-from replicator.delta import DeltaTableReader
+from replicator.delta import DeltaTableReader, MonthChange
 from replicator.errors import ReplicationError
-from replicator.postgres import connect
+from replicator.postgres import Database
 from replicator.schema import postgres_columns, reconcile_schemas
-from replicator.secrets import Dsn
+from replicator.syncstate import SyncState, read_sync_state, replication_in_flight
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
-
-# Ordered from best to worst: a month's status is the worst of its tables'.
-STATUSES = ("in_sync", "lagging", "missing", "orphaned", "drift", "error")
-
-
-def worst(statuses: list[str]) -> str:
-    return max(statuses, key=STATUSES.index) if statuses else "in_sync"
 
 
 @dataclass
@@ -40,7 +44,7 @@ class TableCheck:
 
     table: str
     year_month: str
-    status: str = "error"
+    status: Status = Status.ERROR
     delta_version: int | None = None
     synced_version: int | None = None
     delta_rows: int | None = None
@@ -65,8 +69,8 @@ class MonthCheck:
     tables: list[TableCheck]
 
     @property
-    def status(self) -> str:
-        return worst([t.status for t in self.tables])
+    def status(self) -> Status:
+        return worst(t.status for t in self.tables)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,24 +87,22 @@ def open_snapshot_transaction(conn: psycopg.Connection[Any]) -> None:
     conn.read_only = True
 
 
-class MonthComparer:
-    """Compares months of configured tables; reuses one Postgres connection per instance."""
+class Checker:
+    """Checks months of configured tables against one database."""
 
-    def __init__(self, settings: Settings, *, application_name: str = "reconciler") -> None:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
         self.settings = settings
-        self.dsn: Dsn = settings.require_dsn()
-        self.application_name = application_name
         self._hash_verified = False
 
-    def connect(self) -> psycopg.Connection[Any]:
-        return connect(
-            self.dsn,
-            application_name=self.application_name,
-            connect_timeout=self.settings.connect_timeout_seconds,
-        )
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Checker:
+        return cls(Database.for_settings(settings, "reconciler"), settings)
 
     def latest(self, spec: TableSpec) -> DeltaTableReader:
-        return DeltaTableReader(spec, self.settings.table_uri(spec), self.settings.storage_options)
+        return DeltaTableReader(
+            spec, self.settings.table_uri(spec), self.settings.delta.storage_options
+        )
 
     def check(
         self,
@@ -121,15 +123,15 @@ class MonthComparer:
             reader = latest or self.latest(spec)
             result.delta_version = reader.version
             if conn is None:
-                with self.connect() as own:
-                    self._compare(own, spec, year_month, reader, result, deep)
+                with self.db.connect() as own:
+                    self._check(own, spec, year_month, reader, result, deep)
             else:
-                self._compare(conn, spec, year_month, reader, result, deep)
+                self._check(conn, spec, year_month, reader, result, deep)
         except ReplicationError as exc:
-            result.status, result.reason = "error", str(exc)
+            result.status, result.reason = Status.ERROR, str(exc)
         except psycopg.Error as exc:
-            result.status = "error"
-            result.reason = f"Postgres failed: {self.dsn.scrub(str(exc)).strip()}"
+            result.status = Status.ERROR
+            result.reason = str(self.db.translate(exc, "Postgres failed"))
         finally:
             if conn is not None and not conn.closed:
                 conn.rollback()
@@ -143,7 +145,7 @@ class MonthComparer:
         )
         return result
 
-    def _compare(
+    def _check(
         self,
         conn: psycopg.Connection[Any],
         spec: TableSpec,
@@ -154,7 +156,7 @@ class MonthComparer:
     ) -> None:
         open_snapshot_transaction(conn)
         state = read_sync_state(conn, spec.name, str(year_month))
-        result.replication_in_flight = replication_in_flight(conn, spec, year_month.lock_key)
+        result.replication_in_flight = replication_in_flight(conn, spec, year_month)
         if state is not None:
             result.synced_version = state.delta_version
             result.consecutive_failures = state.consecutive_failures
@@ -164,129 +166,98 @@ class MonthComparer:
         schema = reconcile_schemas(spec, latest.columns(), pg_columns)
         postgres = PostgresSide(conn, schema, year_month)
         result.postgres_rows = postgres.count()
-        in_delta = latest.has_month(year_month)
         synced = state.delta_version if state else None
-
         if synced is None:
-            if result.postgres_rows == 0:
-                if in_delta:
-                    result.status, result.reason = "missing", "month is in Delta, never synced"
-                    result.delta_rows = latest.month_row_count(year_month)
-                    self._set_lag(result, latest, None, year_month)
-                else:
-                    result.status = "error"
-                    result.reason = f"month {year_month} is neither in Delta nor in Postgres"
-                if result.replication_in_flight:
-                    result.status, result.reason = "lagging", "first replication in flight"
-                return
-            if not in_delta:
-                result.status = "orphaned"
-                result.reason = "rows in Postgres, month absent from Delta, no sync record"
-                return
-            result.status = "drift"
-            result.reason = "rows in Postgres without a sync record"
+            change = MonthChange(True, latest.month_written_at(year_month))
+        elif synced > latest.version:
+            change = MonthChange(True)
+        else:
+            change = latest.change_since(synced, year_month)
+        facts = MonthFacts(
+            in_delta=latest.has_month(year_month),
+            postgres_rows=result.postgres_rows,
+            synced_version=synced,
+            latest_version=latest.version,
+            delta_changed=change.changed,
+            in_flight=result.replication_in_flight,
+        )
+        if needs_content(facts):
+            assert synced is not None
+            expected = self._expected_side(
+                state, latest, change, synced, year_month, pg_columns, deep
+            )
+            facts = self._content_facts(facts, expected, postgres, result)
+        elif synced is None and facts.in_delta:
             result.delta_rows = latest.month_row_count(year_month)
-            return
-        if synced > latest.version:
-            result.status = "error"
-            result.reason = (
-                f"sync state claims Delta version {synced}, but the table's latest "
-                f"version is {latest.version}"
-            )
-            return
-        if not in_delta and result.postgres_rows > 0:
-            result.status = "orphaned"
-            result.reason = f"month absent from Delta version {latest.version}"
-            return
-        held = self._held_snapshot(latest, synced)
-        changed_since = held is None or {f.path for f in held.month_files(year_month)} != {
-            f.path for f in latest.month_files(year_month)
-        }
-        recorded = None if deep or state is None else state.recorded_digest()
-        delta: DeltaSide | None = None
-        if recorded is None:
-            # An unchanged month is read from the latest snapshot: the same files.
-            snapshot = latest if not changed_since else (held or latest.at_version(synced))
-            schema = reconcile_schemas(spec, snapshot.columns(), pg_columns)
-            delta = DeltaSide(snapshot, schema, year_month, self.settings.batch_rows)
-        self._compare_content(result, postgres, delta, recorded, synced)
-        if result.status == "in_sync" and changed_since:
-            result.status = "lagging"
-            result.reason = f"Delta changed the month after version {synced}"
-            self._set_lag(result, latest, held, year_month)
-        if result.status == "in_sync" and result.replication_in_flight:
-            result.status, result.reason = "lagging", "replication in flight"
+        verdict = classify(facts)
+        self._apply(result, verdict, change)
 
-    def _compare_content(
+    def _expected_side(
         self,
-        result: TableCheck,
-        postgres: PostgresSide,
-        delta: DeltaSide | None,
-        recorded: MonthDigest | None,
-        version: int,
-    ) -> None:
-        """Counts, then digests: Postgres against Delta `version`, computed or as recorded."""
+        state: SyncState | None,
+        latest: DeltaTableReader,
+        change: MonthChange,
+        synced: int,
+        year_month: YearMonth,
+        pg_columns: list[tuple[str, str, bool]],
+        deep: bool,
+    ) -> MonthSide:
+        """What Postgres should hold: the recorded digest, or Delta at the synced version."""
+        recorded = None if deep else RecordedSide.of(state)
         if recorded is not None:
-            result.delta_rows = recorded.rows
-        elif delta is not None:
-            result.delta_rows = delta.count()
-        if result.delta_rows != result.postgres_rows:
-            result.status = "drift"
-            result.reason = (
-                f"row counts differ: Delta version {version} has "
-                f"{result.delta_rows}, Postgres has {result.postgres_rows}"
-            )
-            return
+            return recorded
+        # An unchanged month is read from the latest snapshot: the same files.
+        snapshot = (
+            latest
+            if not change.changed
+            else (latest.loadable_version(synced) or latest.at_version(synced))
+        )
+        schema = reconcile_schemas(latest.spec, snapshot.columns(), pg_columns)
+        return DeltaSide(snapshot, schema, year_month, self.settings.postgres.batch_rows)
+
+    def _content_facts(
+        self,
+        facts: MonthFacts,
+        expected: MonthSide,
+        postgres: PostgresSide,
+        result: TableCheck,
+    ) -> MonthFacts:
+        """The facts with the expected content: its count, then both digests if counts agree."""
+        result.delta_rows = expected.count()
+        result.delta_digest_source = (
+            "recorded" if isinstance(expected, RecordedSide) else "computed"
+        )
+        facts = with_content(facts, expected=Digest(result.delta_rows))
+        if result.delta_rows != facts.postgres_rows:
+            return facts
         if not self._hash_verified:
             postgres.verify_hash_function()
             self._hash_verified = True
         buckets = 1  # the check only decides; `diff` localizes with key buckets
-        if recorded is not None:
-            delta_digest, postgres_digest = recorded, postgres.digest(buckets)
-            result.delta_digest_source = "recorded"
-        else:
-            assert delta is not None
+        if isinstance(expected, DeltaSide):
             with ThreadPoolExecutor(max_workers=1) as pool:
-                delta_future = pool.submit(delta.digest, buckets)
+                expected_future = pool.submit(expected.digest, buckets)
                 postgres_digest = postgres.digest(buckets)
-                delta_digest = delta_future.result()
-            result.delta_digest_source = "computed"
-        result.delta_digest, result.postgres_digest = delta_digest.hex, postgres_digest.hex
-        if delta_digest.hex != postgres_digest.hex:
-            result.status = "drift"
-            result.reason = f"row hashes differ from Delta version {version}"
+                expected_digest = expected_future.result()
         else:
-            result.status = "in_sync"
+            expected_digest, postgres_digest = expected.digest(buckets), postgres.digest(buckets)
+        result.delta_digest, result.postgres_digest = expected_digest.hex, postgres_digest.hex
+        return with_content(
+            facts,
+            expected=Digest(expected_digest.rows, expected_digest.hex),
+            postgres=Digest(postgres_digest.rows, postgres_digest.hex),
+        )
 
     @staticmethod
-    def _held_snapshot(latest: DeltaTableReader, synced: int) -> DeltaTableReader | None:
-        """The table at the version Postgres holds, or None when that version cannot be loaded."""
-        try:
-            return latest.at_version(synced)
-        except ReplicationError:
-            return None
-
-    @staticmethod
-    def _set_lag(
-        result: TableCheck,
-        latest: DeltaTableReader,
-        held: DeltaTableReader | None,
-        year_month: YearMonth,
-    ) -> None:
-        """Seconds since the oldest Delta commit of the month that Postgres does not hold."""
-        held_paths = {f.path for f in held.month_files(year_month)} if held else set()
-        pending = [
-            f.modification_time_ms
-            for f in latest.month_files(year_month)
-            if f.path not in held_paths
-        ]
-        if pending:
-            result.lag_seconds = max(0.0, time.time() - min(pending) / 1000.0)
+    def _apply(result: TableCheck, verdict: Verdict, change: MonthChange) -> None:
+        result.status, result.reason = verdict.status, verdict.reason
+        if verdict.status in (Status.LAGGING, Status.MISSING) and change.changed:
+            result.lag_seconds = change.lag_seconds()
 
     def check_month(
         self, year_month: YearMonth, tables: tuple[TableSpec, ...], *, deep: bool = False
     ) -> MonthCheck:
-        with self.connect() as conn:
+        with self.db.connect() as conn:
             return MonthCheck(
                 str(year_month),
                 [self.check(spec, year_month, conn=conn, deep=deep) for spec in tables],

@@ -7,16 +7,16 @@ import logging
 from pathlib import Path
 
 import click
-import psycopg
 
 from reconciler import __version__
-from reconciler.check import MonthCheck, MonthComparer
+from reconciler.check import Checker, MonthCheck
 from reconciler.daemon import Daemon, Overrides
 from reconciler.demo import run_demo
 from reconciler.diff import DiffResult, diff_month
 from reconciler.migrate import migrate as apply_migrations
 from reconciler.repair import Repairer
 from reconciler.status import build_status
+from reconciler.verdict import Status
 from replicator.config import ConfigError, Settings, TableSpec, parse_host_port
 from replicator.errors import ReplicationError
 from replicator.options import (
@@ -32,9 +32,10 @@ from replicator.options import (
     render_table,
     settings_options,
 )
+from replicator.postgres import Database
 from replicator.yearmonth import YearMonth
 
-STATUS_EXIT = {"in_sync": EXIT_OK, "error": EXIT_ERROR}
+STATUS_EXIT = {Status.IN_SYNC: EXIT_OK, Status.ERROR: EXIT_ERROR}
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ def migrate(
     """Apply the SQL migrations (schema, tables, sync state, roles) idempotently."""
     settings = build_settings(dsn, delta_root, config_path)
     try:
-        applied = apply_migrations(
-            settings.require_dsn(), connect_timeout=settings.connect_timeout_seconds
-        )
+        applied = apply_migrations(Database.for_settings(settings, "reconciler"))
     except (ReplicationError, ValueError) as exc:
         fail(str(exc))
     if as_json:
@@ -72,13 +71,10 @@ def migrate(
         )
 
 
-def _comparer(
-    settings: Settings, tables: tuple[str, ...]
-) -> tuple[MonthComparer, tuple[TableSpec, ...]]:
+def _prepare(settings: Settings, tables: tuple[str, ...]) -> tuple[Database, tuple[TableSpec, ...]]:
     """Validates everything that needs no connection; exits 2 on the first problem."""
     try:
-        specs = settings.select_tables(tables)
-        return MonthComparer(settings), specs
+        return Database.for_settings(settings, "reconciler"), settings.select_tables(tables)
     except ConfigError as exc:
         fail(str(exc))
 
@@ -132,9 +128,9 @@ def check(
     Exit 0 in sync, 1 drift/lagging/missing/orphaned, 2 error.
     """
     settings = build_settings(dsn, delta_root, config_path)
-    comparer, specs = _comparer(settings, tables)
+    db, specs = _prepare(settings, tables)
     try:
-        month = comparer.check_month(year_month, specs, deep=deep)
+        month = Checker(db, settings).check_month(year_month, specs, deep=deep)
     except ReplicationError as exc:
         fail(str(exc))
     if as_json:
@@ -185,13 +181,11 @@ def diff(
     Exit 0 no difference, 1 differences found, 2 error.
     """
     settings = build_settings(dsn, delta_root, config_path)
-    comparer, specs = _comparer(settings, (table,))
+    db, specs = _prepare(settings, (table,))
     try:
-        result = diff_month(comparer, specs[0], year_month, limit)
+        result = diff_month(db, settings, specs[0], year_month, limit)
     except ReplicationError as exc:
         fail(str(exc))
-    except psycopg.Error as exc:
-        fail(f"Postgres failed: {comparer.dsn.scrub(str(exc)).strip()}")
     if as_json:
         emit_json(result.as_dict())
     else:
@@ -227,9 +221,8 @@ def repair(
     Exit 0 when every table of the month is in sync afterwards, 1 when not, 2 on error.
     """
     settings = build_settings(dsn, delta_root, config_path)
-    comparer, specs = _comparer(settings, tables)
-    actor = f"cli:{getpass.getuser()}"
-    repairer = Repairer(comparer, actor=actor)
+    db, specs = _prepare(settings, tables)
+    repairer = Repairer(Checker(db, settings), settings, db, actor=f"cli:{getpass.getuser()}")
     results = [repairer.repair(spec, year_month, dry_run=dry_run, force=force) for spec in specs]
     if as_json:
         emit_json(
@@ -246,11 +239,11 @@ def repair(
                 f"{r.table} {r.year_month}: {r.outcome} ({r.status_before}{after})"
                 + (f": {r.message}" if r.message else "")
             )
-    if any(r.status_before == "error" for r in results):
+    if any(r.status_before is Status.ERROR for r in results):
         raise SystemExit(EXIT_ERROR)
     if dry_run:
         raise SystemExit(EXIT_OK)
-    ok = all(r.outcome in ("repaired", "skipped") and r.status_before != "error" for r in results)
+    ok = all(r.outcome in ("repaired", "skipped") for r in results)
     raise SystemExit(EXIT_OK if ok else EXIT_FINDING)
 
 
@@ -311,9 +304,10 @@ def run(
             server.stop()
     if once:
         statuses = [m.status for m in daemon.months.values()]
-        if not all(summary.sources_up.values()) or "error" in statuses:
+        if not all(summary.sources_up.values()) or Status.ERROR in statuses:
             raise SystemExit(EXIT_ERROR)
-        raise SystemExit(EXIT_OK if all(s == "in_sync" for s in statuses) else EXIT_FINDING)
+        in_sync = all(s is Status.IN_SYNC for s in statuses)
+        raise SystemExit(EXIT_OK if in_sync else EXIT_FINDING)
     raise SystemExit(EXIT_OK)
 
 
@@ -334,13 +328,11 @@ def status(
 ) -> None:
     """Every month of every table: sync state, lag, and the daemon's last check result."""
     settings = build_settings(dsn, delta_root, config_path)
-    comparer, _ = _comparer(settings, ())
+    db, _ = _prepare(settings, ())
     try:
-        report = build_status(comparer)
+        report = build_status(db, settings)
     except ReplicationError as exc:
         fail(str(exc))
-    except psycopg.Error as exc:
-        fail(f"Postgres failed: {comparer.dsn.scrub(str(exc)).strip()}")
     if as_json:
         emit_json(report.as_dict())
     else:

@@ -21,7 +21,15 @@ from reconciler.daemon import Daemon, Overrides
 from reconciler.migrate import migrate
 from reconciler.sample import GENERATORS, write_delta_month
 from reconciler.status import build_status
-from replicator.config import AutoRepairSettings, DaemonSettings, Settings, load_settings
+from reconciler.verdict import Status
+from replicator.config import (
+    AutoRepairSettings,
+    DaemonSettings,
+    DeltaSettings,
+    Settings,
+    load_settings,
+)
+from replicator.postgres import Database
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 
@@ -54,7 +62,7 @@ class Demo:
         base = load_settings(dsn=uri, delta_root=delta_root, environ={})
         settings = Settings(
             dsn=base.dsn,
-            delta_root=delta_root,
+            delta=DeltaSettings(root=delta_root),
             tables=base.tables,
             daemon=DaemonSettings(
                 interval_seconds=1.0, metrics_addr=self.metrics_addr, leader_lease_seconds=10.0
@@ -64,8 +72,9 @@ class Demo:
             ),
         )
         dsn = settings.require_dsn()
+        db = Database(dsn, "reconciler-demo")
         self.say("applying migrations (schema ranking, signal tables, sync state, roles)")
-        migrate(dsn)
+        migrate(db)
         today = YearMonth(*time.gmtime()[:2])
         months = [today.shifted(-i) for i in range(1, self.months + 1)]
         for spec in settings.tables:
@@ -113,7 +122,7 @@ class Demo:
             self._cycle_until(
                 daemon,
                 lambda: (
-                    daemon.months[(spec.name, str(lagging))].status == "lagging"
+                    daemon.months[(spec.name, str(lagging))].status is Status.LAGGING
                     and bool(repaired())
                 ),
                 "drift detected and auto-repaired; the rewritten month is lagging, not drift",
@@ -133,10 +142,10 @@ class Demo:
             )
             self._cycle_until(
                 daemon,
-                lambda: all(m.status == "in_sync" for m in daemon.months.values()),
+                lambda: all(m.status is Status.IN_SYNC for m in daemon.months.values()),
                 "every month back in sync",
             )
-            click.echo(build_status(daemon.comparer).render())
+            click.echo(build_status(db, settings).render())
             self._next_steps(server.url)
             if keep_running:
                 self.say("serving until Ctrl-C")
@@ -160,8 +169,8 @@ class Demo:
     def _show(daemon: Daemon, title: str) -> None:
         click.secho(f"--- {title}", bold=True)
         for (table, month), state in sorted(daemon.months.items()):
-            colour = {"in_sync": "green", "lagging": "yellow"}.get(state.status, "red")
-            lag = f" (lag {state.lag_seconds:.0f}s)" if state.status == "lagging" else ""
+            colour = {Status.IN_SYNC: "green", Status.LAGGING: "yellow"}.get(state.status, "red")
+            lag = f" (lag {state.lag_seconds:.0f}s)" if state.status is Status.LAGGING else ""
             click.echo(f"    {table:<24} {month}  " + click.style(state.status, fg=colour) + lag)
 
     def _next_steps(self, url: str) -> None:

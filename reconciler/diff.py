@@ -11,12 +11,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.check import MonthComparer, open_snapshot_transaction
+from reconciler.check import open_snapshot_transaction
 from reconciler.sides import DeltaSide, PostgresSide, RowFingerprint
-from reconciler.syncstate import read_sync_state
-from replicator.config import TableSpec
+from replicator.config import Settings, TableSpec
+from replicator.delta import DeltaTableReader
 from replicator.errors import InputError
+from replicator.postgres import Database
 from replicator.schema import TableSchema, postgres_columns, reconcile_schemas
+from replicator.syncstate import read_sync_state
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
@@ -86,21 +88,21 @@ def compare_rows(
 
 
 def diff_month(
-    comparer: MonthComparer, spec: TableSpec, year_month: YearMonth, limit: int
+    db: Database, settings: Settings, spec: TableSpec, year_month: YearMonth, limit: int
 ) -> DiffResult:
     """Differences between Postgres and the Delta version sync state says it holds
     (the latest version when the month was never synced)."""
     if limit < 1:
         raise InputError("--limit must be at least 1")
-    latest = comparer.latest(spec)
-    buckets = comparer.settings.digest_buckets
-    with comparer.connect() as conn:
+    latest = DeltaTableReader(spec, settings.table_uri(spec), settings.delta.storage_options)
+    buckets = settings.digest.buckets
+    with db.connect() as conn, db.errors("Postgres failed"):
         open_snapshot_transaction(conn)
         state = read_sync_state(conn, spec.name, str(year_month))
         version = state.delta_version if state and state.delta_version is not None else None
         snapshot = latest if version is None else latest.at_version(version)
         schema = reconcile_schemas(spec, snapshot.columns(), postgres_columns(conn, spec))
-        delta = DeltaSide(snapshot, schema, year_month, comparer.settings.batch_rows)
+        delta = DeltaSide(snapshot, schema, year_month, settings.postgres.batch_rows)
         postgres = PostgresSide(conn, schema, year_month)
         postgres.verify_hash_function()
         result = DiffResult(spec.name, str(year_month), snapshot.version)

@@ -17,8 +17,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.errors import ReplicationError
-from replicator.postgres import connect
-from replicator.secrets import Dsn
+from replicator.postgres import Database
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +25,9 @@ LEADER_LOCK_KEY = 0x5EC0_1EAD
 
 
 class LeaderLock:
-    def __init__(self, dsn: Dsn, *, lease_seconds: float, connect_timeout: int = 10) -> None:
-        self.dsn = dsn
+    def __init__(self, db: Database, *, lease_seconds: float) -> None:
+        self.db = db.named("reconciler-leader")
         self.lease_seconds = lease_seconds
-        self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
         self._held = False
         self._mutex = threading.Lock()
@@ -45,12 +43,7 @@ class LeaderLock:
                 return True
             self._drop()
             try:
-                conn = connect(
-                    self.dsn,
-                    application_name="reconciler-leader",
-                    connect_timeout=self.connect_timeout,
-                    autocommit=True,
-                )
+                conn = self.db.connect(autocommit=True)
                 conn.execute(
                     sql.SQL("SET idle_session_timeout = {}").format(
                         sql.Literal(int(self.lease_seconds * 1000))
@@ -60,7 +53,7 @@ class LeaderLock:
                     "SELECT pg_catalog.pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)
                 ).fetchone()
             except (psycopg.Error, ReplicationError) as exc:
-                logger.warning("leader election failed: %s", self.dsn.scrub(str(exc)))
+                logger.warning("leader election failed: %s", self.db.scrub(str(exc)))
                 return False
             if row and row[0]:
                 self._conn, self._held = conn, True

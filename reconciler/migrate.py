@@ -7,8 +7,7 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 
-from replicator.postgres import connect, translated_errors
-from replicator.secrets import Dsn
+from replicator.postgres import Database
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +43,11 @@ def packaged_migrations() -> list[Migration]:
     ]
 
 
-def migrate(dsn: Dsn, *, connect_timeout: int = 10) -> list[str]:
+def migrate(db: Database) -> list[str]:
     """Applies pending migrations, each in its own transaction; returns the versions applied."""
     applied: list[str] = []
-    with (
-        connect(
-            dsn, application_name="reconciler-migrate", connect_timeout=connect_timeout
-        ) as conn,
-        translated_errors(dsn, "migration failed"),
-    ):
+    db = db.named("reconciler-migrate")
+    with db.connect() as conn, db.errors("migration failed"):
         conn.execute("SELECT pg_catalog.pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute(_LEDGER)
         conn.commit()

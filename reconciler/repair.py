@@ -12,9 +12,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from reconciler.check import MonthComparer, TableCheck
-from replicator.config import TableSpec
+from reconciler.check import Checker, TableCheck
+from reconciler.verdict import Status
+from replicator.config import Settings, TableSpec
 from replicator.errors import ReplicationError
+from replicator.postgres import Database
 from replicator.writer import MonthWriter, new_run_id
 from replicator.yearmonth import YearMonth
 
@@ -28,8 +30,8 @@ class RepairResult:
     table: str
     year_month: str
     outcome: str  # repaired | failed | skipped | dry_run
-    status_before: str
-    status_after: str | None = None
+    status_before: Status
+    status_after: Status | None = None
     delta_version: int | None = None
     rows_written: int | None = None
     message: str = ""
@@ -47,9 +49,16 @@ class RepairResult:
 class Repairer:
     """Repairs months; `actor` says who asked (an on-call user or the daemon)."""
 
-    def __init__(self, comparer: MonthComparer, *, actor: str) -> None:
-        self.comparer = comparer
+    def __init__(self, checker: Checker, settings: Settings, db: Database, *, actor: str) -> None:
+        self.checker = checker
+        self.settings = settings
+        self.db = db
         self.actor = actor
+
+    @classmethod
+    def for_settings(cls, settings: Settings, *, actor: str) -> Repairer:
+        db = Database.for_settings(settings, "reconciler-repair")
+        return cls(Checker(db, settings), settings, db, actor=actor)
 
     def repair(
         self,
@@ -61,7 +70,7 @@ class Repairer:
         before: TableCheck | None = None,
     ) -> RepairResult:
         run_id = new_run_id()
-        before = before or self.comparer.check(spec, year_month)
+        before = before or self.checker.check(spec, year_month)
         result = RepairResult(
             spec.name,
             str(year_month),
@@ -71,10 +80,10 @@ class Repairer:
             delta_version=before.delta_version,
         )
         log = {"table": spec.name, "year_month": str(year_month), "run_id": run_id}
-        if before.status == "in_sync" and not force:
+        if before.status is Status.IN_SYNC and not force:
             result.message = "already in sync (use --force to rewrite it anyway)"
             return result
-        if before.status == "error":
+        if before.status is Status.ERROR:
             # Whatever stops the comparison (a source down, a schema mismatch) would stop the
             # write too; report it instead of trying.
             result.outcome, result.message = "failed", f"cannot repair: {before.reason}"
@@ -83,25 +92,23 @@ class Repairer:
             result.outcome = "dry_run"
             result.message = (
                 f"would replace {before.postgres_rows} Postgres rows with the "
-                f"{before.delta_rows if before.status != 'orphaned' else 0} rows of Delta "
+                f"{before.delta_rows if before.status is not Status.ORPHANED else 0} rows of Delta "
                 f"version {before.delta_version} (status now {before.status})"
             )
             logger.info("dry run: %s %s: %s", spec.name, year_month, result.message, extra=log)
             return result
-        writer = MonthWriter(
-            self.comparer.settings, run_id=run_id, application_name="reconciler-repair"
-        )
+        writer = MonthWriter(self.settings, run_id=run_id, application_name="reconciler-repair")
         try:
             written = writer.write_month(
-                spec, year_month, force=True, allow_empty=before.status == "orphaned"
+                spec, year_month, force=True, allow_empty=before.status is Status.ORPHANED
             )
             result.rows_written, result.delta_version = written.rows, written.delta_version
         except ReplicationError as exc:
             result.outcome, result.message = "failed", str(exc)
-        after = self.comparer.check(spec, year_month)
+        after = self.checker.check(spec, year_month)
         result.status_after, result.check_after = after.status, after
         if result.outcome != "failed":
-            if after.status == "in_sync":
+            if after.status is Status.IN_SYNC:
                 result.outcome = "repaired"
             else:
                 result.outcome = "failed"
@@ -122,7 +129,7 @@ class Repairer:
 
     def _audit(self, result: RepairResult, before: TableCheck, after: TableCheck) -> None:
         try:
-            with self.comparer.connect() as conn:
+            with self.db.connect() as conn:
                 conn.execute(
                     sql.SQL(
                         "INSERT INTO {} (actor, table_name, year_month, delta_version,"
@@ -147,6 +154,4 @@ class Repairer:
                     ),
                 )
         except (ReplicationError, psycopg.Error) as exc:  # the audit must not hide the repair
-            logger.error(
-                "could not write the repair audit row: %s", self.comparer.dsn.scrub(str(exc))
-            )
+            logger.error("could not write the repair audit row: %s", self.db.scrub(str(exc)))

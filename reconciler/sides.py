@@ -1,8 +1,9 @@
-"""The two sides of a comparison behind one interface: each computes a month's count, its
-digest, and the fingerprints of the rows in chosen buckets, where its data lives.
+"""The sides of a comparison behind one interface: each gives a month's count, its digest, and
+the fingerprints of the rows in chosen buckets, computed where its data lives.
 
 `PostgresSide` runs one server-side query per question (no rows transferred for a digest);
-`DeltaSide` streams the snapshot through DataFusion in bounded batches.
+`DeltaSide` streams the snapshot through DataFusion in bounded batches; `RecordedSide` is the
+digest the writer recorded at sync of the rows it copied (no data read at all).
 """
 
 from __future__ import annotations
@@ -15,26 +16,27 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-import datafusion
 import numpy as np
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from reconciler.digest import (
+from replicator.contract import (
     DATAFUSION,
-    KNOWN_ANSWER_TEXT,
     POSTGRES,
+    DeltaHasher,
     DigestAccumulator,
     MonthDigest,
+    as_signed,
+    hash_bytes_extended,
     postgres_bucket,
     postgres_hash,
     prepare_batch,
+    verify_server_hash,
 )
-from reconciler.jenkins import as_signed, hash_bytes_extended
 from replicator.delta import DeltaTableReader
-from replicator.errors import PostgresError
 from replicator.schema import TableSchema
+from replicator.syncstate import SyncState
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
@@ -72,10 +74,6 @@ class MonthSide(ABC):
 
     name: str
 
-    def __init__(self, schema: TableSchema, year_month: YearMonth) -> None:
-        self.schema = schema
-        self.year_month = year_month
-
     @abstractmethod
     def count(self) -> int: ...
 
@@ -95,22 +93,14 @@ class PostgresSide(MonthSide):
     def __init__(
         self, conn: psycopg.Connection[Any], schema: TableSchema, year_month: YearMonth
     ) -> None:
-        super().__init__(schema, year_month)
+        self.schema, self.year_month = schema, year_month
         self.conn = conn
         self._key = POSTGRES.row(schema.key_columns)
         self._row = POSTGRES.row(schema.value_columns)
 
     def verify_hash_function(self) -> None:
         """Refuses to compare when the server's hash differs from ours (a big-endian server)."""
-        row = self.conn.execute(
-            sql.SQL("SELECT {}").format(sql.SQL(postgres_hash("%s::text"))), (KNOWN_ANSWER_TEXT,)
-        ).fetchone()
-        expected = int(as_signed(hash_bytes_extended(pa.array([KNOWN_ANSWER_TEXT])))[0])
-        if row is None or int(row[0]) != expected:
-            raise PostgresError(
-                "this Postgres server's hashtextextended() differs from the hash contract "
-                "(a big-endian server?); digests cannot be compared"
-            )
+        verify_server_hash(self.conn)
 
     def count(self) -> int:
         query = sql.SQL("SELECT count(*) FROM {} WHERE year_month = %s").format(
@@ -159,44 +149,6 @@ class PostgresSide(MonthSide):
         ]
 
 
-class DeltaHasher:
-    """Applies the contract to Arrow batches of one table: DataFusion builds the encodings,
-    numpy hashes them. Used by `DeltaSide` and by the writer, which digests what it copies."""
-
-    def __init__(self, schema: TableSchema) -> None:
-        self.columns = schema.value_columns
-        self.key_sql = DATAFUSION.row(schema.key_columns)
-        self.row_sql = DATAFUSION.row(self.columns)
-        self._context = datafusion.SessionContext()
-
-    def query(self, batch: pa.RecordBatch, select: str) -> pa.Table:
-        """Runs `select` (over table `b`) on one batch, in two partitions for two cores."""
-        half = max(1, batch.num_rows // 2)
-        parts = [[batch.slice(0, half)], [batch.slice(half)]] if batch.num_rows > 1 else [[batch]]
-        self._context.register_record_batches("b", parts)
-        try:
-            return pa.Table.from_batches(self._context.sql(select).collect())
-        finally:
-            self._context.deregister_table("b")
-
-    def add(self, accumulator: DigestAccumulator, batch: pa.RecordBatch) -> None:
-        """Folds a batch of raw Delta rows into `accumulator`."""
-        if not batch.num_rows:
-            return
-        buckets = accumulator.buckets
-        # One bucket (the check) needs no key encoding at all.
-        key = self.key_sql if buckets > 1 else "''"
-        select = f"SELECT {key} AS k, {self.row_sql} AS r FROM b"  # noqa: S608
-        result = self.query(prepare_batch(batch, self.columns), select)
-        hashes = hash_bytes_extended(result.column("r"))
-        if buckets > 1:
-            accumulator.add(
-                hash_bytes_extended(result.column("k")) & np.uint64(buckets - 1), hashes
-            )
-        else:
-            accumulator.add(np.zeros(len(hashes), dtype=np.uint64), hashes)
-
-
 class DeltaSide(MonthSide):
     """The Delta snapshot at the reader's pinned version, hashed batch by batch."""
 
@@ -205,7 +157,7 @@ class DeltaSide(MonthSide):
     def __init__(
         self, reader: DeltaTableReader, schema: TableSchema, year_month: YearMonth, batch_rows: int
     ) -> None:
-        super().__init__(schema, year_month)
+        self.schema, self.year_month = schema, year_month
         self.reader = reader
         self.batch_rows = batch_rows
         self.hasher = DeltaHasher(schema)
@@ -272,3 +224,33 @@ class DeltaSide(MonthSide):
                     )
                 )
         return found
+
+
+class RecordedSide(MonthSide):
+    """What the writer recorded at sync: the digest of the rows it copied from Delta."""
+
+    name = "recorded"
+
+    def __init__(self, state: SyncState) -> None:
+        recorded = state.recorded_digest()
+        if recorded is None:
+            raise ValueError(f"{state.table} {state.year_month}: no digest recorded at sync")
+        self._digest = recorded
+
+    @classmethod
+    def of(cls, state: SyncState | None) -> RecordedSide | None:
+        """The recorded side of a sync, or None when the sync recorded no usable digest."""
+        if state is None or state.recorded_digest() is None:
+            return None
+        return cls(state)
+
+    def count(self) -> int:
+        return self._digest.rows
+
+    def digest(self, buckets: int) -> MonthDigest:
+        if buckets != 1:
+            raise ValueError("the digest recorded at sync has one bucket")
+        return self._digest
+
+    def fingerprints(self, buckets: int, selected: list[int]) -> list[RowFingerprint]:
+        raise ValueError("the recorded side holds a digest, not rows")

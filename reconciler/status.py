@@ -4,24 +4,25 @@ state, the Delta log (lag) and the daemon's last comparison (`ranking.month_chec
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.check import MonthComparer
-from reconciler.daemon import retention_window
-from reconciler.syncstate import read_all_sync_states
+from reconciler.findings import read_findings
+from reconciler.verdict import Status
+from replicator.config import Settings
 from replicator.delta import DeltaTableReader
 from replicator.errors import ReplicationError
 from replicator.options import render_table
-from replicator.yearmonth import YearMonth
+from replicator.postgres import Database
+from replicator.syncstate import read_all_sync_states
+from replicator.yearmonth import YearMonth, current_month, retention_window
 
 
 @dataclass
 class MonthStatus:
     table: str
     year_month: str
-    status: str  # the daemon's last finding, or unknown
+    status: Status  # the daemon's last finding, or unknown
     in_delta: bool
     synced_version: int | None = None
     synced_at: str | None = None
@@ -35,7 +36,7 @@ class MonthStatus:
 
     @property
     def in_sync(self) -> bool:
-        return self.status == "in_sync" and not self.delta_changed_since_sync
+        return self.status is Status.IN_SYNC and not self.delta_changed_since_sync
 
 
 @dataclass
@@ -83,66 +84,42 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat(timespec="seconds") if value else None
 
 
-def build_status(comparer: MonthComparer) -> StatusReport:
-    settings = comparer.settings
-    now = time.gmtime()
-    window = [
-        str(m)
-        for m in retention_window(
-            YearMonth(now.tm_year, now.tm_mon), settings.daemon.retention_months
-        )
-    ]
+def build_status(db: Database, settings: Settings) -> StatusReport:
+    window = [str(m) for m in retention_window(current_month(), settings.daemon.retention_months)]
     report = StatusReport()
-    with comparer.connect() as conn:
+    with db.connect() as conn, db.errors("Postgres failed"):
         states = {(s.table, s.year_month): s for s in read_all_sync_states(conn)}
-        checks = {
-            (row[0], row[1]): row
-            for row in conn.execute(
-                "SELECT table_name, year_month, status, reason, checked_at"
-                " FROM ranking.month_check",
-                binary=True,
-            )
-        }
+        findings = read_findings(conn)
     for spec in settings.tables:
         reader: DeltaTableReader | None
         try:
-            reader = comparer.latest(spec)
+            reader = DeltaTableReader(
+                spec, settings.table_uri(spec), settings.delta.storage_options
+            )
         except ReplicationError as exc:
             report.errors.append(str(exc))
             reader = None
-        held_cache: dict[int, DeltaTableReader | None] = {}
         for month in window:
             key = (spec.name, month)
-            files = (
-                {f.path: f for f in reader.month_files(YearMonth.parse(month))} if reader else {}
-            )
-            state, check = states.get(key), checks.get(key)
-            if not files and state is None and check is None:
+            in_delta = bool(reader and reader.has_month(YearMonth.parse(month)))
+            state, finding = states.get(key), findings.get(key)
+            if not in_delta and state is None and finding is None:
                 continue
-            entry = MonthStatus(spec.name, month, "unknown", bool(files))
-            if check is not None:
-                entry.status, entry.reason, entry.checked_at = check[2], check[3], _iso(check[4])
+            entry = MonthStatus(spec.name, month, Status.UNKNOWN, in_delta)
+            if finding is not None:
+                entry.status, entry.reason = finding.status, finding.reason
+                entry.checked_at = _iso(finding.checked_at)
             if state is not None:
                 entry.synced_version, entry.synced_rows = state.delta_version, state.row_count
                 entry.synced_at = _iso(state.synced_at)
                 entry.consecutive_failures = state.consecutive_failures
                 entry.last_failure = state.last_failure_reason
-                if check is not None and state.synced_at and check[4] < state.synced_at:
-                    entry.status, entry.reason = "unknown", "synced again since the last check"
+                if finding is not None and state.synced_at and finding.checked_at < state.synced_at:
+                    entry.status = Status.UNKNOWN
+                    entry.reason = "synced again since the last check"
             if reader is not None and state is not None and state.delta_version is not None:
-                version = state.delta_version
-                if version not in held_cache:
-                    try:
-                        held_cache[version] = reader.at_version(version)
-                    except ReplicationError:
-                        held_cache[version] = None
-                held = held_cache[version]
-                held_paths = (
-                    {f.path for f in held.month_files(YearMonth.parse(month))} if held else set()
-                )
-                pending = [f.modification_time_ms for p, f in files.items() if p not in held_paths]
-                entry.delta_changed_since_sync = held is None or set(files) != held_paths
-                if pending:
-                    entry.lag_seconds = max(0.0, time.time() - min(pending) / 1000.0)
+                change = reader.change_since(state.delta_version, YearMonth.parse(month))
+                entry.delta_changed_since_sync = change.changed
+                entry.lag_seconds = change.lag_seconds()
             report.months.append(entry)
     return report

@@ -20,7 +20,7 @@ from replicator.options import (
     hide_dsn_from_process_title,
     settings_options,
 )
-from replicator.writer import write_months
+from replicator.writer import WriteStatus, write_months
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def write(
     if as_json:
         emit_json({"year_month": str(year_month), "tables": [r.as_dict() for r in results]})
     statuses = {r.status for r in results}
-    if "stale" in statuses:
+    if WriteStatus.STALE in statuses:
         raise SystemExit(EXIT_FINDING)
-    if "failed" in statuses and settings.write_required:
+    if WriteStatus.FAILED in statuses and settings.postgres.write_required:
         raise SystemExit(EXIT_ERROR)
     raise SystemExit(EXIT_OK)

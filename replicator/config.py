@@ -1,16 +1,21 @@
 """The one configuration of the system: TOML file, environment overrides, command-line overrides.
 
-Unknown keys are rejected with the key named, identifiers are checked before anything connects,
-and the DSN is kept inside a `Dsn` so that it cannot be printed by accident.
+Each TOML section is declared once, as a frozen dataclass below; the parser reads the fields (name,
+type, default, `check`) from the dataclass itself, so a key cannot be known to one and not the
+other. Unknown keys are rejected with the key named, identifiers are checked before anything
+connects, and the DSN is kept inside a `Dsn` so that it cannot be printed by accident.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,41 @@ def check_identifier(value: object, where: str) -> str:
             "underscore; at most 63 characters, not starting with a digit)"
         )
     return value
+
+
+# -- per-field checks, attached to dataclass fields as metadata["check"] -----------------------
+Check = Callable[[Any, str], None]
+
+
+def positive(value: float, name: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def not_negative(value: float, name: str) -> None:
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+
+
+def power_of_two(value: int, name: str) -> None:
+    if value < 1 or value > 65536 or value & (value - 1):
+        raise ConfigError(f"{name} must be a power of two from 1 to 65536, got {value}")
+
+
+def host_port(value: str, name: str) -> None:
+    parse_host_port(value)
+
+
+def checked(default: Any, check: Check) -> Any:
+    """A dataclass field with a default and a check run on every configured value."""
+    return field(default=default, metadata={"check": check})
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"metrics address must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -58,6 +98,11 @@ class TableSpec:
         if "year_month" in self.key_columns:
             raise ConfigError(f"table {self.name}: year_month is implied, not a key column")
 
+    @property
+    def qualified_name(self) -> str:
+        """`schema.table` as text (identifiers are plain, so no quoting is at stake)."""
+        return f"{self.postgres_schema}.{self.postgres_table}"
+
     def delta_uri(self, root: str | None) -> str:
         if self.delta_location:
             return self.delta_location
@@ -75,40 +120,72 @@ DEFAULT_TABLES: tuple[TableSpec, ...] = (
 )
 
 
+# -- the sections of the TOML file ----------------------------------------------------------
 @dataclass(frozen=True)
-class AutoRepairSettings:
-    enabled: bool = False
-    grace_period_seconds: float = 300.0
-    max_per_cycle: int = 2
-    max_per_hour: int = 10
-    circuit_breaker_months: int = 5
-    dry_run: bool = False
+class DeltaSettings:
+    root: str | None = None
+    storage_options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    write_required: bool = True
+    verify_counts: bool = False
+    connect_timeout_seconds: int = checked(10, positive)
+    batch_rows: int = checked(131_072, positive)
+
+
+@dataclass(frozen=True)
+class DigestSettings:
+    buckets: int = checked(256, power_of_two)
 
 
 @dataclass(frozen=True)
 class DaemonSettings:
-    interval_seconds: float = 60.0
-    retention_months: int = 36
-    deep_check_period_seconds: float = 6 * 3600.0
-    metrics_addr: str = "127.0.0.1:9187"
-    leader_lease_seconds: float = 30.0
+    interval_seconds: float = checked(60.0, positive)
+    retention_months: int = checked(36, positive)
+    deep_check_period_seconds: float = checked(6 * 3600.0, positive)
+    metrics_addr: str = checked("127.0.0.1:9187", host_port)
+    leader_lease_seconds: float = checked(30.0, positive)
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     basic_auth_user: str | None = None
     basic_auth_password: str | None = None
     json_logs: bool = False
 
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("daemon.tls_cert_file and daemon.tls_key_file go together")
+        if (self.basic_auth_user is None) != (self.basic_auth_password is None):
+            raise ConfigError("daemon.basic_auth_user and daemon.basic_auth_password go together")
+
+
+@dataclass(frozen=True)
+class AutoRepairSettings:
+    enabled: bool = False
+    grace_period_seconds: float = checked(300.0, not_negative)
+    max_per_cycle: int = checked(2, positive)
+    max_per_hour: int = checked(10, positive)
+    circuit_breaker_months: int = checked(5, positive)
+    dry_run: bool = False
+
+
+# TOML section name -> the dataclass that declares it ([[tables]] is read apart).
+SECTIONS: dict[str, type[Any]] = {
+    "delta": DeltaSettings,
+    "postgres": PostgresSettings,
+    "digest": DigestSettings,
+    "daemon": DaemonSettings,
+    "auto_repair": AutoRepairSettings,
+}
+
 
 @dataclass(frozen=True)
 class Settings:
     dsn: Dsn | None = None
-    delta_root: str | None = None
-    storage_options: Mapping[str, str] = field(default_factory=dict)
-    write_required: bool = True
-    verify_counts: bool = False
-    connect_timeout_seconds: int = 10
-    batch_rows: int = 131_072
-    digest_buckets: int = 256
+    delta: DeltaSettings = DeltaSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    digest: DigestSettings = DigestSettings()
     tables: tuple[TableSpec, ...] = DEFAULT_TABLES
     daemon: DaemonSettings = DaemonSettings()
     auto_repair: AutoRepairSettings = AutoRepairSettings()
@@ -133,7 +210,7 @@ class Settings:
         return self.dsn
 
     def table_uri(self, spec: TableSpec) -> str:
-        return spec.delta_uri(self.delta_root)
+        return spec.delta_uri(self.delta.root)
 
 
 def parse_bool(value: str, name: str) -> bool:
@@ -145,155 +222,90 @@ def parse_bool(value: str, name: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
-_TOP_KEYS = {"delta", "postgres", "tables", "daemon", "auto_repair", "digest"}
+def _expected_type(hint: Any) -> type | None:
+    """The one concrete type a field accepts (`str | None` accepts str), or None for mappings."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is not None:  # Mapping[str, str]
+        return None
+    return typing.cast(type, hint)
 
 
-def _take(
-    section: dict[str, Any], allowed: dict[str, type | tuple[type, ...]], where: str
-) -> dict[str, Any]:
-    unknown = sorted(set(section) - set(allowed))
+def _value(hint: Any, value: object, where: str) -> object:
+    expected = _expected_type(hint)
+    if expected is None:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where}: expected a table of strings")
+        return dict(value)
+    # bool is an int in Python; a number where a flag is expected (or the reverse) is an error.
+    accepted: tuple[type, ...] = (int, float) if expected is float else (expected,)
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, accepted):
+        raise ConfigError(f"{where}: wrong type {type(value).__name__}")
+    return float(value) if expected is float else value  # type: ignore[arg-type]
+
+
+def parse_section(cls: type[Any], section: object, where: str) -> Any:
+    """The dataclass `cls` built from one TOML table, every key and value checked."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown key {where}.{unknown[0]} (allowed: {', '.join(sorted(allowed))})"
+            f"unknown key {where}.{unknown[0]} (allowed: {', '.join(sorted(fields))})"
         )
-    for key, value in section.items():
-        expected = allowed[key]
-        # bool is an int in Python; a number where a flag is expected (or the reverse) is an error.
-        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
-            raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
-    return section
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, raw in section.items():
+        name = f"{where}.{key}"
+        values[key] = _value(hints[key], raw, name)
+        check: Check | None = fields[key].metadata.get("check")
+        if check is not None:
+            check(values[key], name)
+    return cls(**values)
 
 
-def _positive(value: float, name: str) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
+def _tables(entries: object) -> tuple[TableSpec, ...]:
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("tables must be a non-empty array of [[tables]] entries")
+    specs = []
+    for index, entry in enumerate(entries):
+        where = f"tables[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table")
+        fields = {f.name for f in dataclasses.fields(TableSpec)}
+        unknown = sorted(set(entry) - fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown key {where}.{unknown[0]} (allowed: {', '.join(sorted(fields))})"
+            )
+        if "name" not in entry or "key_columns" not in entry:
+            raise ConfigError(f"{where} needs name and key_columns")
+        for key, value in entry.items():
+            expected = list if key == "key_columns" else str
+            if not isinstance(value, expected):
+                raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
+        check_identifier(entry["name"], f"{where}.name")
+        specs.append(TableSpec(**dict(entry, key_columns=tuple(entry["key_columns"]))))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError("tables: a table name is configured twice")
+    return tuple(specs)
 
 
 def _from_toml(document: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(document) - _TOP_KEYS)
+    allowed = {*SECTIONS, "tables"}
+    unknown = sorted(set(document) - allowed)
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]} (allowed: {', '.join(sorted(_TOP_KEYS))})")
-    result: dict[str, Any] = {}
-    number = (int, float)
-    delta = _take(dict(document.get("delta", {})), {"root": str, "storage_options": dict}, "delta")
-    if "root" in delta:
-        result["delta_root"] = delta["root"]
-    if "storage_options" in delta:
-        options = delta["storage_options"]
-        if not all(isinstance(v, str) for v in options.values()):
-            raise ConfigError("delta.storage_options: every value must be a string")
-        result["storage_options"] = dict(options)
-    postgres = _take(
-        dict(document.get("postgres", {})),
-        {
-            "write_required": bool,
-            "verify_counts": bool,
-            "connect_timeout_seconds": int,
-            "batch_rows": int,
-        },
-        "postgres",
-    )
-    result.update(postgres)
-    digest = _take(dict(document.get("digest", {})), {"buckets": int}, "digest")
-    if "buckets" in digest:
-        buckets = digest["buckets"]
-        if buckets < 1 or buckets > 65536 or buckets & (buckets - 1):
-            raise ConfigError(
-                f"digest.buckets must be a power of two from 1 to 65536, got {buckets}"
-            )
-        result["digest_buckets"] = buckets
+        raise ConfigError(f"unknown key {unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+    result: dict[str, Any] = {
+        name: parse_section(cls, document[name], name)
+        for name, cls in SECTIONS.items()
+        if name in document
+    }
     if "tables" in document:
-        tables = document["tables"]
-        if not isinstance(tables, list) or not tables:
-            raise ConfigError("tables must be a non-empty array of [[tables]] entries")
-        specs = []
-        for index, entry in enumerate(tables):
-            where = f"tables[{index}]"
-            if not isinstance(entry, dict):
-                raise ConfigError(f"{where} must be a table")
-            _take(
-                entry,
-                {
-                    "name": str,
-                    "key_columns": list,
-                    "delta_location": str,
-                    "postgres_schema": str,
-                    "postgres_table": str,
-                },
-                where,
-            )
-            if "name" not in entry or "key_columns" not in entry:
-                raise ConfigError(f"{where} needs name and key_columns")
-            specs.append(
-                TableSpec(
-                    name=check_identifier(entry["name"], f"{where}.name"),
-                    key_columns=tuple(entry["key_columns"]),
-                    delta_location=entry.get("delta_location"),
-                    postgres_schema=entry.get("postgres_schema", SCHEMA),
-                    postgres_table=entry.get("postgres_table", ""),
-                )
-            )
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ConfigError("tables: a table name is configured twice")
-        result["tables"] = tuple(specs)
-    daemon = _take(
-        dict(document.get("daemon", {})),
-        {
-            "interval_seconds": number,
-            "retention_months": int,
-            "deep_check_period_seconds": number,
-            "metrics_addr": str,
-            "leader_lease_seconds": number,
-            "tls_cert_file": str,
-            "tls_key_file": str,
-            "basic_auth_user": str,
-            "basic_auth_password": str,
-            "json_logs": bool,
-        },
-        "daemon",
-    )
-    for key in (
-        "interval_seconds",
-        "retention_months",
-        "deep_check_period_seconds",
-        "leader_lease_seconds",
-    ):
-        if key in daemon:
-            _positive(daemon[key], f"daemon.{key}")
-    if ("tls_cert_file" in daemon) != ("tls_key_file" in daemon):
-        raise ConfigError("daemon.tls_cert_file and daemon.tls_key_file go together")
-    if ("basic_auth_user" in daemon) != ("basic_auth_password" in daemon):
-        raise ConfigError("daemon.basic_auth_user and daemon.basic_auth_password go together")
-    if "metrics_addr" in daemon:
-        parse_host_port(daemon["metrics_addr"])
-    result["daemon"] = DaemonSettings(**daemon)
-    repair = _take(
-        dict(document.get("auto_repair", {})),
-        {
-            "enabled": bool,
-            "grace_period_seconds": number,
-            "max_per_cycle": int,
-            "max_per_hour": int,
-            "circuit_breaker_months": int,
-            "dry_run": bool,
-        },
-        "auto_repair",
-    )
-    for key in ("max_per_cycle", "max_per_hour", "circuit_breaker_months"):
-        if key in repair:
-            _positive(repair[key], f"auto_repair.{key}")
-    if repair.get("grace_period_seconds", 0) < 0:
-        raise ConfigError("auto_repair.grace_period_seconds must not be negative")
-    result["auto_repair"] = AutoRepairSettings(**repair)
+        result["tables"] = _tables(document["tables"])
     return result
-
-
-def parse_host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"metrics address must be HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
 
 
 def load_settings(
@@ -315,21 +327,29 @@ def load_settings(
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         values.update(_from_toml(document))
+    delta = values.get("delta", DeltaSettings())
+    postgres = values.get("postgres", PostgresSettings())
     if env.get("SIGNALS_DELTA_ROOT"):
-        values["delta_root"] = env["SIGNALS_DELTA_ROOT"]
+        delta = dataclasses.replace(delta, root=env["SIGNALS_DELTA_ROOT"])
     for name, key in (
         ("POSTGRES_SIGNALS_WRITE_REQUIRED", "write_required"),
         ("POSTGRES_SIGNALS_VERIFY_COUNTS", "verify_counts"),
     ):
         if env.get(name, "").strip():
-            values[key] = parse_bool(env[name], name)
+            postgres = dataclasses.replace(postgres, **{key: parse_bool(env[name], name)})
     raw_dsn = dsn if dsn is not None else env.get("POSTGRES_DSN")
     if raw_dsn is not None and raw_dsn.strip():
         values["dsn"] = Dsn(raw_dsn)
     if delta_root:
-        values["delta_root"] = delta_root
+        delta = dataclasses.replace(delta, root=delta_root)
+    values["delta"], values["postgres"] = delta, postgres
     return Settings(**values)
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:
-    return replace(settings, **changes)
+    """`settings` with top-level fields replaced; a section may be given as a dict of its fields
+    to change (`with_overrides(s, postgres={"verify_counts": True})`)."""
+    for name, value in list(changes.items()):
+        if name in SECTIONS and isinstance(value, dict):
+            changes[name] = dataclasses.replace(getattr(settings, name), **value)
+    return dataclasses.replace(settings, **changes)

@@ -1,13 +1,14 @@
-"""Reading one month of a Delta table at a pinned version, in bounded batches.
+"""Reading Delta tables: one table pinned at one version, its months, and their rows in batches.
 
 A `DeltaTableReader` is one table pinned at one Delta version; everything that reads Delta goes
 through it, so errors come out as `DeltaError` with a message that says which table and version
-failed.
+failed. It also answers whether a month changed after a given version.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -17,8 +18,8 @@ from deltalake.exceptions import DeltaError as _DeltaLibError
 from deltalake.exceptions import TableNotFoundError
 
 from replicator.config import TableSpec
-from replicator.errors import DeltaError
-from replicator.schema import PARTITION_COLUMN, Column, delta_columns
+from replicator.errors import DeltaError, ReplicationError
+from replicator.schema import PARTITION_COLUMN, Column, datafusion_identifier, delta_columns
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,19 @@ class MonthFile:
     path: str
     num_records: int | None
     modification_time_ms: int
+
+
+@dataclass(frozen=True)
+class MonthChange:
+    """Whether a month of the latest snapshot differs from the month at an older version."""
+
+    changed: bool
+    pending_since: float | None = None  # epoch seconds of the oldest change not in the old one
+
+    def lag_seconds(self, now: float | None = None) -> float:
+        if self.pending_since is None:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self.pending_since)
 
 
 class DeltaTableReader:
@@ -55,11 +69,21 @@ class DeltaTableReader:
             raise DeltaError(f"table {spec.name}: cannot load {what} of {uri}: {exc}") from None
         self.version: int = self.table.version()
         self._files: dict[str, list[MonthFile]] | None = None
+        self._older: dict[int, DeltaTableReader | None] = {}
 
     def at_version(self, version: int) -> DeltaTableReader:
         if version == self.version:
             return self
         return DeltaTableReader(self.spec, self.uri, self._storage_options, version)
+
+    def loadable_version(self, version: int) -> DeltaTableReader | None:
+        """The table at `version`, or None when that version can no longer be loaded."""
+        if version not in self._older:
+            try:
+                self._older[version] = self.at_version(version)
+            except ReplicationError:
+                self._older[version] = None
+        return self._older[version]
 
     def columns(self) -> list[Column]:
         return delta_columns(self.table.schema())
@@ -109,6 +133,20 @@ class DeltaTableReader:
             return None
         return sum(c for c in counts if c is not None)
 
+    def month_written_at(self, year_month: YearMonth) -> float | None:
+        """When the oldest file of the month was written (epoch seconds), None if absent."""
+        times = [f.modification_time_ms for f in self.month_files(year_month)]
+        return min(times) / 1000.0 if times else None
+
+    def change_since(self, version: int, year_month: YearMonth) -> MonthChange:
+        """How the month at this version differs from the month at `version` (older)."""
+        held = self.loadable_version(version)
+        held_paths = {f.path for f in held.month_files(year_month)} if held else set()
+        files = self.month_files(year_month)
+        pending = [f.modification_time_ms for f in files if f.path not in held_paths]
+        changed = held is None or {f.path for f in files} != held_paths
+        return MonthChange(changed, min(pending) / 1000.0 if pending else None)
+
     def scan_month(
         self, year_month: YearMonth, columns: list[str], batch_rows: int
     ) -> Iterator[pa.RecordBatch]:
@@ -117,7 +155,7 @@ class DeltaTableReader:
         delta-rs's DataFusion engine streams the scan (deletion vectors and column mapping
         included); its small batches are gathered up to `batch_rows` rows.
         """
-        select = ", ".join(quote_identifier(c) for c in columns)
+        select = ", ".join(datafusion_identifier(c) for c in columns)
         # The month is a validated YearMonth (digits and one dash), safe as a literal here.
         query = f"SELECT {select} FROM month_source WHERE year_month = '{year_month}'"  # noqa: S608
         pending: list[pa.RecordBatch] = []
@@ -137,10 +175,6 @@ class DeltaTableReader:
                 f"table {self.spec.name}: cannot read {year_month} at version {self.version}: "
                 f"{exc} (was this version vacuumed?)"
             ) from None
-
-
-def quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 _PLAIN = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}

@@ -1,4 +1,8 @@
-"""Exception types shared by the writer, the reconciler and their command lines."""
+"""Exception types shared by the writer, the reconciler and their command lines.
+
+Every message is safe to show (no DSN, no password) and fits on one line; the command lines map
+the type to an exit code: a finding is 1, everything else 2.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ class InputError(ReplicationError):
 
 class PostgresError(ReplicationError):
     """Postgres failed or could not be reached (CLI exit code 2)."""
+
+
+class NotMigratedError(PostgresError):
+    """The database lacks the reconciler's schema: `reconciler migrate` has not run (exit 2)."""
 
 
 class DeltaError(ReplicationError):

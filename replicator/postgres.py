@@ -1,52 +1,93 @@
-"""Opening Postgres connections the same safe way everywhere.
+"""`Database`: the one place that opens Postgres connections and translates driver errors.
 
-Every connection pins `search_path` to `pg_catalog, pg_temp` (our SQL names schemas explicitly,
-so a function that shadows a builtin can never be picked up), has a bounded connect timeout and
-an application name, and any failure surfaces as `PostgresError` with the DSN scrubbed.
+Every connection, psycopg or ADBC, pins `search_path` to `pg_catalog, pg_temp` (our SQL names
+schemas explicitly, so a function that shadows a builtin can never be picked up), has a bounded
+connect timeout and an application name. Any driver failure surfaces as a one-line
+`PostgresError` with the DSN and its password scrubbed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
+import adbc_driver_manager
+import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 
+from replicator.config import Settings
 from replicator.errors import PostgresError
 from replicator.secrets import Dsn
 
 logger = logging.getLogger(__name__)
 
 SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp"
+DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, adbc_driver_manager.Error)
 
 
-def conninfo(dsn: Dsn, application_name: str, connect_timeout: int) -> str:
-    return dsn.conninfo(
-        application_name=application_name,
-        connect_timeout=connect_timeout,
-        options=SAFE_OPTIONS,
-    )
+def one_line(text: str) -> str:
+    """Driver messages span lines (hints, `LINE 1: ... ^`); an error here is one line."""
+    return " ".join(text.split())
 
 
-def connect(
-    dsn: Dsn, *, application_name: str, connect_timeout: int = 10, autocommit: bool = False
-) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(
-            conninfo(dsn, application_name, connect_timeout), autocommit=autocommit
+@dataclass(frozen=True)
+class Database:
+    """One Postgres database, as one application (the name shows in `pg_stat_activity`)."""
+
+    dsn: Dsn
+    application_name: str = "replicator"
+    connect_timeout: int = 10
+
+    @classmethod
+    def for_settings(cls, settings: Settings, application_name: str = "replicator") -> Database:
+        """The configured database (`POSTGRES_DSN`), or ConfigError when none is configured."""
+        return cls(
+            settings.require_dsn(), application_name, settings.postgres.connect_timeout_seconds
         )
-    except psycopg.Error as exc:
-        raise PostgresError(
-            f"cannot connect to Postgres at {dsn.target}: {dsn.scrub(str(exc)).strip()}"
-        ) from None
 
+    @property
+    def target(self) -> str:
+        """Where the DSN points, without user or password: safe for messages."""
+        return self.dsn.target
 
-@contextmanager
-def translated_errors(dsn: Dsn, what: str) -> Iterator[None]:
-    """Re-raises driver errors as `PostgresError` with a scrubbed message and no chained cause."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise PostgresError(f"{what}: {dsn.scrub(str(exc)).strip()}") from None
+    def named(self, application_name: str) -> Database:
+        return replace(self, application_name=application_name)
+
+    def conninfo(self) -> str:
+        """The libpq connection string, for drivers only; never log it."""
+        return self.dsn.conninfo(
+            application_name=self.application_name,
+            connect_timeout=self.connect_timeout,
+            options=SAFE_OPTIONS,
+        )
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.conninfo(), autocommit=autocommit)
+        except psycopg.Error as exc:
+            raise self.translate(exc, f"cannot connect to Postgres at {self.target}") from None
+
+    def connect_adbc(self) -> Any:
+        """An ADBC connection (binary COPY of Arrow batches); the caller closes it."""
+        try:
+            return adbc.connect(self.conninfo())
+        except adbc_driver_manager.Error as exc:
+            raise self.translate(exc, f"cannot connect to Postgres at {self.target}") from None
+
+    def scrub(self, text: str) -> str:
+        return one_line(self.dsn.scrub(text))
+
+    def translate(self, exc: BaseException, what: str) -> PostgresError:
+        """A driver error as a one-line `PostgresError` that starts with `what`."""
+        return PostgresError(f"{what}: {self.scrub(str(exc))}")
+
+    @contextlib.contextmanager
+    def errors(self, what: str) -> Iterator[None]:
+        """Re-raises driver errors as `PostgresError` with a scrubbed message, no chained cause."""
+        try:
+            yield
+        except DRIVER_ERRORS as exc:
+            raise self.translate(exc, what) from None

@@ -1,7 +1,8 @@
 """Column types shared by Delta and Postgres, and the check that the two schemas line up.
 
-`ColumnType` names the Delta primitive types SPEC supports; each maps to one Postgres type and
-one Arrow type, so the writer, the digest and the diff all agree on what a column is.
+`TYPES` is the one table of facts about each supported Delta type: the Postgres type it maps to,
+the Arrow type of that Postgres column (for binary COPY) and how the hash contract encodes its
+values. The writer, the contract's encoders for both engines and the diff all read it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ PARTITION_COLUMN = "year_month"
 
 
 class Kind(enum.Enum):
+    """The Delta primitive types SPEC supports, named as Delta names them."""
+
     STRING = "string"
     LONG = "long"
     INTEGER = "integer"
@@ -36,6 +39,48 @@ class Kind(enum.Enum):
     DECIMAL = "decimal"
     BINARY = "binary"
 
+
+class Encoding(enum.Enum):
+    """How the hash contract encodes a value (docs/hash-contract.md, section 2)."""
+
+    TEXT = "text"
+    BINARY = "binary"
+    DECIMAL = "decimal"
+    INT64 = "int64"
+    FLOAT64 = "float64"
+    BOOLEAN = "boolean"
+    DATE = "date"
+    TIMESTAMP = "timestamp"
+    TIMESTAMP_NTZ = "timestamp_ntz"
+
+
+@dataclass(frozen=True)
+class TypeFacts:
+    postgres: str  # the Postgres type, as format_type spells it
+    arrow: pa.DataType  # the Arrow type of that Postgres column, for binary COPY
+    encoding: Encoding
+
+
+TYPES: dict[Kind, TypeFacts] = {
+    Kind.STRING: TypeFacts("text", pa.string(), Encoding.TEXT),
+    Kind.LONG: TypeFacts("bigint", pa.int64(), Encoding.INT64),
+    Kind.INTEGER: TypeFacts("integer", pa.int32(), Encoding.INT64),
+    Kind.SHORT: TypeFacts("smallint", pa.int16(), Encoding.INT64),
+    Kind.BYTE: TypeFacts("smallint", pa.int16(), Encoding.INT64),  # no one-byte integer in Postgres
+    Kind.DOUBLE: TypeFacts("double precision", pa.float64(), Encoding.FLOAT64),
+    Kind.FLOAT: TypeFacts("real", pa.float32(), Encoding.FLOAT64),
+    Kind.BOOLEAN: TypeFacts("boolean", pa.bool_(), Encoding.BOOLEAN),
+    Kind.DATE: TypeFacts("date", pa.date32(), Encoding.DATE),
+    Kind.TIMESTAMP: TypeFacts(
+        "timestamp with time zone", pa.timestamp("us", tz="UTC"), Encoding.TIMESTAMP
+    ),
+    Kind.TIMESTAMP_NTZ: TypeFacts(
+        "timestamp without time zone", pa.timestamp("us"), Encoding.TIMESTAMP_NTZ
+    ),
+    # numeric(p,s) and decimal128(p,s) depend on the column: see ColumnType.
+    Kind.DECIMAL: TypeFacts("numeric", pa.decimal128(38, 0), Encoding.DECIMAL),
+    Kind.BINARY: TypeFacts("bytea", pa.binary(), Encoding.BINARY),
+}
 
 _DECIMAL = re.compile(r"decimal\((\d+),\s*(\d+)\)")
 
@@ -57,52 +102,31 @@ class ColumnType:
             raise InputError(f"Delta type {name!r} is not supported") from None
 
     @property
+    def facts(self) -> TypeFacts:
+        return TYPES[self.kind]
+
+    @property
+    def encoding(self) -> Encoding:
+        return self.facts.encoding
+
+    @property
     def postgres(self) -> str:
-        """The type as Postgres's `format_type` spells it."""
+        """The Postgres type, as Postgres's `format_type` spells it."""
         if self.kind is Kind.DECIMAL:
             return f"numeric({self.precision},{self.scale})"
-        return _POSTGRES[self.kind]
+        return self.facts.postgres
 
     @property
     def arrow(self) -> pa.DataType:
+        """The Arrow type of the Postgres column, as binary COPY expects it."""
         if self.kind is Kind.DECIMAL:
             return pa.decimal128(self.precision, self.scale)
-        return _ARROW[self.kind]
+        return self.facts.arrow
 
     def __str__(self) -> str:
         if self.kind is Kind.DECIMAL:
             return f"decimal({self.precision},{self.scale})"
         return str(self.kind.value)
-
-
-_POSTGRES: dict[Kind, str] = {
-    Kind.STRING: "text",
-    Kind.LONG: "bigint",
-    Kind.INTEGER: "integer",
-    Kind.SHORT: "smallint",
-    Kind.BYTE: "smallint",  # Postgres has no one-byte integer
-    Kind.DOUBLE: "double precision",
-    Kind.FLOAT: "real",
-    Kind.BOOLEAN: "boolean",
-    Kind.DATE: "date",
-    Kind.TIMESTAMP: "timestamp with time zone",
-    Kind.TIMESTAMP_NTZ: "timestamp without time zone",
-    Kind.BINARY: "bytea",
-}
-_ARROW: dict[Kind, pa.DataType] = {
-    Kind.STRING: pa.string(),
-    Kind.LONG: pa.int64(),
-    Kind.INTEGER: pa.int32(),
-    Kind.SHORT: pa.int16(),
-    Kind.BYTE: pa.int16(),  # widened to match smallint for binary COPY
-    Kind.DOUBLE: pa.float64(),
-    Kind.FLOAT: pa.float32(),
-    Kind.BOOLEAN: pa.bool_(),
-    Kind.DATE: pa.date32(),
-    Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
-    Kind.TIMESTAMP_NTZ: pa.timestamp("us"),
-    Kind.BINARY: pa.binary(),
-}
 
 
 @dataclass(frozen=True)
@@ -114,7 +138,7 @@ class Column:
 
 @dataclass(frozen=True)
 class TableSchema:
-    """The columns of one signal table as both sides agree on them (year_month first)."""
+    """The columns of one signal table as both sides agree on them (Postgres's order)."""
 
     spec: TableSpec
     columns: tuple[Column, ...]
@@ -136,12 +160,18 @@ class TableSchema:
         return tuple(by_name[name] for name in self.spec.key_columns)
 
     @property
-    def arrow_schema(self) -> pa.Schema:
-        return pa.schema([pa.field(c.name, c.type.arrow, c.nullable) for c in self.columns])
+    def copy_schema(self) -> pa.Schema:
+        """The Arrow schema binary COPY writes: each column as its Postgres type."""
+        return pa.schema([pa.field(c.name, c.type.arrow) for c in self.columns])
 
     @property
     def qualified_table(self) -> sql.Identifier:
         return sql.Identifier(self.spec.postgres_schema, self.spec.postgres_table)
+
+
+def datafusion_identifier(name: str) -> str:
+    """A column name quoted for DataFusion SQL (Postgres SQL uses `psycopg.sql.Identifier`)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def delta_columns(delta_schema: Any) -> list[Column]:
@@ -165,8 +195,8 @@ def reconcile_schemas(
     where = f"table {spec.name}"
     if not postgres:
         raise InputError(
-            f"{where}: Postgres table {spec.postgres_schema}.{spec.postgres_table} does not "
-            "exist (run `reconciler migrate`)"
+            f"{where}: Postgres table {spec.qualified_name} does not exist "
+            "(run `reconciler migrate`)"
         )
     pg_types = {name: type_name for name, type_name, _ in postgres}
     problems = []

@@ -9,6 +9,7 @@ ADBC's binary COPY, so memory does not grow with the month.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import time
 import uuid
@@ -17,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import adbc_driver_manager
-import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
 from replicator.config import Settings, TableSpec
+from replicator.contract import DeltaHasher, DigestAccumulator
 from replicator.delta import DeltaTableReader
 from replicator.errors import (
     DeltaError,
@@ -32,7 +33,7 @@ from replicator.errors import (
     ReplicationError,
     StaleSnapshotError,
 )
-from replicator.postgres import connect, conninfo, translated_errors
+from replicator.postgres import Database
 from replicator.schema import (
     PARTITION_COLUMN,
     Kind,
@@ -40,30 +41,32 @@ from replicator.schema import (
     postgres_columns,
     reconcile_schemas,
 )
-from replicator.secrets import Dsn
+from replicator.syncstate import (
+    HELD_VERSION,
+    RECORD_SYNC,
+    month_lock_sql,
+    record_failure,
+    synced_run_id,
+)
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
 
-SYNC_STATE = sql.Identifier("ranking", "signal_sync_state")
 
+class WriteStatus(enum.StrEnum):
+    """What became of one month's write."""
 
-def month_lock_sql(table_param: str, month_param: str) -> sql.Composed:
-    """The transaction-scoped advisory lock that serializes writers of one (table, month).
-
-    The key is (hashtext(qualified table), YYYYMM); the daemon looks for it in pg_locks to
-    tell a replication in flight.
-    """
-    return sql.SQL("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext({}), {})").format(
-        sql.SQL(table_param), sql.SQL(month_param)
-    )
+    WRITTEN = "written"
+    SKIPPED = "skipped"  # no POSTGRES_DSN: replication is off
+    STALE = "stale"  # Postgres holds a newer Delta version (best-effort mode)
+    FAILED = "failed"  # best-effort mode: recorded in sync state, not raised
 
 
 @dataclass(frozen=True)
 class WriteResult:
     table: str
     year_month: str
-    status: str  # written | skipped | stale | failed
+    status: WriteStatus
     delta_version: int | None = None
     rows: int = 0
     duration_seconds: float = 0.0
@@ -90,15 +93,11 @@ class _BatchStream:
     """
 
     def __init__(self, schema: TableSchema, batches: Iterator[pa.RecordBatch]) -> None:
-        # The contract digest of the rows as read from Delta, recorded with the sync. Imported
-        # here: the contract's modules import this package (a module-level import is a cycle).
-        from reconciler.digest import DigestAccumulator
-        from reconciler.sides import DeltaHasher
-
+        # The contract digest of the rows as read from Delta, recorded with the sync.
         self.hasher = DeltaHasher(schema)
         self.digest = DigestAccumulator(1)
         self.schema = schema
-        self.target = pa.schema([pa.field(c.name, c.type.arrow) for c in schema.columns])
+        self.target = schema.copy_schema
         self.batches = batches
         self.rows = 0
         self.error: ReplicationError | None = None
@@ -145,6 +144,15 @@ class MonthWriter:
         self.run_id = run_id or new_run_id()
         self.application_name = application_name
 
+    def _database(self) -> Database | None:
+        if self.settings.dsn is None:
+            return None
+        return Database(
+            self.settings.dsn,
+            self.application_name,
+            self.settings.postgres.connect_timeout_seconds,
+        )
+
     # -- public ---------------------------------------------------------------------------
     def write_month(
         self,
@@ -157,42 +165,38 @@ class MonthWriter:
     ) -> WriteResult:
         """Replicates one month; honours `write_required` for failures (see SPEC)."""
         started = time.monotonic()
-        dsn = self.settings.dsn
-        if dsn is None:
+        db = self._database()
+        log = {"table": spec.name, "year_month": str(year_month), "run_id": self.run_id}
+        if db is None:
             logger.warning(
                 "POSTGRES_DSN is not set: replication of %s %s skipped", spec.name, year_month
             )
             return WriteResult(
                 spec.name,
                 str(year_month),
-                "skipped",
+                WriteStatus.SKIPPED,
                 run_id=self.run_id,
                 message="POSTGRES_DSN not set",
             )
+        required = self.settings.postgres.write_required
         try:
-            result = self._write(dsn, spec, year_month, delta_version, allow_empty, force, started)
+            result = self._write(db, spec, year_month, delta_version, allow_empty, force, started)
         except StaleSnapshotError as exc:
-            logger.warning("%s", exc, extra={"table": spec.name, "year_month": str(year_month)})
-            if self.settings.write_required:
+            logger.warning("%s", exc, extra=log)
+            if required:
                 raise
             return WriteResult(
-                spec.name, str(year_month), "stale", run_id=self.run_id, message=str(exc)
+                spec.name, str(year_month), WriteStatus.STALE, run_id=self.run_id, message=str(exc)
             )
         except ReplicationError as exc:
-            self._record_failure(dsn, spec, year_month, str(exc))
-            logger.error(
-                "replication of %s %s failed: %s",
-                spec.name,
-                year_month,
-                exc,
-                extra={"table": spec.name, "year_month": str(year_month), "run_id": self.run_id},
-            )
-            if self.settings.write_required:
+            self._record_failure(db, spec, year_month, str(exc))
+            logger.error("replication of %s %s failed: %s", spec.name, year_month, exc, extra=log)
+            if required:
                 raise
             return WriteResult(
                 spec.name,
                 str(year_month),
-                "failed",
+                WriteStatus.FAILED,
                 run_id=self.run_id,
                 duration_seconds=time.monotonic() - started,
                 message=str(exc),
@@ -204,20 +208,14 @@ class MonthWriter:
             result.delta_version,
             result.rows,
             result.duration_seconds,
-            extra={
-                "table": spec.name,
-                "year_month": str(year_month),
-                "run_id": self.run_id,
-                "delta_version": result.delta_version,
-                "rows": result.rows,
-            },
+            extra={**log, "delta_version": result.delta_version, "rows": result.rows},
         )
         return result
 
     # -- the transaction -----------------------------------------------------------------
     def _write(
         self,
-        dsn: Dsn,
+        db: Database,
         spec: TableSpec,
         year_month: YearMonth,
         delta_version: int | None,
@@ -226,31 +224,29 @@ class MonthWriter:
         started: float,
     ) -> WriteResult:
         reader = DeltaTableReader(
-            spec, self.settings.table_uri(spec), self.settings.storage_options, delta_version
+            spec, self.settings.table_uri(spec), self.settings.delta.storage_options, delta_version
         )
         if not reader.has_month(year_month) and not allow_empty:
             raise InputError(
                 f"table {spec.name}: month {year_month} is absent from Delta version "
                 f"{reader.version}; refusing to empty it in Postgres (pass --allow-empty)"
             )
-        with self._connect(dsn) as meta, translated_errors(dsn, f"table {spec.name}"):
+        with db.connect() as meta, db.errors(f"table {spec.name}"):
             pg_columns = postgres_columns(meta, spec)
         schema = reconcile_schemas(spec, reader.columns(), pg_columns)
-        conn = self._connect_adbc(dsn)
+        conn = db.connect_adbc()
         try:
             with conn.cursor() as cur:
-                rows = self._transaction(conn, cur, dsn, schema, reader, year_month, force)
+                rows = self._transaction(conn, cur, db, schema, reader, year_month, force)
         except adbc_driver_manager.Error as exc:
-            raise PostgresError(
-                f"table {spec.name} {year_month}: Postgres failed: {dsn.scrub(str(exc)).strip()}"
-            ) from None
+            raise db.translate(exc, f"table {spec.name} {year_month}: Postgres failed") from None
         finally:
             with contextlib.suppress(adbc_driver_manager.Error):
                 conn.close()
         return WriteResult(
             spec.name,
             str(year_month),
-            "written",
+            WriteStatus.WRITTEN,
             reader.version,
             rows,
             time.monotonic() - started,
@@ -261,27 +257,19 @@ class MonthWriter:
         self,
         conn: Any,
         cur: Any,
-        dsn: Dsn,
+        db: Database,
         schema: TableSchema,
         reader: DeltaTableReader,
         year_month: YearMonth,
         force: bool,
     ) -> int:
         spec = schema.spec
-        qualified = f"{spec.postgres_schema}.{spec.postgres_table}"
         cur.execute(
-            _adbc_sql(month_lock_sql("$1", "$2::integer")), (qualified, year_month.lock_key)
+            _adbc_sql(month_lock_sql("$1", "$2::integer")),
+            (spec.qualified_name, year_month.lock_key),
         )
         cur.fetchall()
-        cur.execute(
-            _adbc_sql(
-                sql.SQL(
-                    "SELECT delta_version FROM {} WHERE table_name = $1 "
-                    "AND year_month = $2 FOR UPDATE"
-                ).format(SYNC_STATE)
-            ),
-            (spec.name, str(year_month)),
-        )
+        cur.execute(_adbc_sql(HELD_VERSION), (spec.name, str(year_month)))
         held = cur.fetchall()
         if held and held[0][0] is not None and held[0][0] > reader.version and not force:
             conn.rollback()
@@ -296,7 +284,7 @@ class MonthWriter:
             (str(year_month),),
         )
         stream = _BatchStream(
-            schema, reader.scan_month(year_month, schema.names, self.settings.batch_rows)
+            schema, reader.scan_month(year_month, schema.names, self.settings.postgres.batch_rows)
         )
         try:
             cur.adbc_ingest(
@@ -312,20 +300,10 @@ class MonthWriter:
             if stream.error is not None:
                 raise stream.error from None
             raise
-        if self.settings.verify_counts:
+        if self.settings.postgres.verify_counts:
             self._verify_counts(cur, schema, reader, year_month, stream.rows, conn)
         cur.execute(
-            _adbc_sql(
-                sql.SQL(
-                    "INSERT INTO {} AS s (table_name, year_month, delta_version, row_count,"
-                    " synced_at, run_id, consecutive_failures, content_digest)"
-                    " VALUES ($1, $2, $3, $4, now(), $5, 0, $6)"
-                    " ON CONFLICT (table_name, year_month) DO UPDATE SET"
-                    " delta_version = EXCLUDED.delta_version, row_count = EXCLUDED.row_count,"
-                    " synced_at = EXCLUDED.synced_at, run_id = EXCLUDED.run_id,"
-                    " consecutive_failures = 0, content_digest = EXCLUDED.content_digest"
-                ).format(SYNC_STATE)
-            ),
+            _adbc_sql(RECORD_SYNC),
             (
                 spec.name,
                 str(year_month),
@@ -339,7 +317,7 @@ class MonthWriter:
             conn.commit()
         except adbc_driver_manager.Error:
             # The acknowledgement may be lost after the server committed: sync state knows.
-            if self._commit_landed(dsn, spec, year_month):
+            if self._commit_landed(db, spec, year_month):
                 logger.warning(
                     "commit acknowledgement lost for %s %s, but run %s landed",
                     spec.name,
@@ -379,64 +357,22 @@ class MonthWriter:
             )
 
     # -- bookkeeping outside the write transaction ----------------------------------------
-    def _connect_adbc(self, dsn: Dsn) -> Any:
+    def _commit_landed(self, db: Database, spec: TableSpec, year_month: YearMonth) -> bool:
         try:
-            return adbc.connect(
-                conninfo(dsn, self.application_name, self.settings.connect_timeout_seconds)
-            )
-        except adbc_driver_manager.Error as exc:
-            raise PostgresError(
-                f"cannot connect to Postgres at {dsn.target}: {dsn.scrub(str(exc)).strip()}"
-            ) from None
-
-    def _connect(self, dsn: Dsn) -> psycopg.Connection[Any]:
-        return connect(
-            dsn,
-            application_name=self.application_name,
-            connect_timeout=self.settings.connect_timeout_seconds,
-        )
-
-    def _commit_landed(self, dsn: Dsn, spec: TableSpec, year_month: YearMonth) -> bool:
-        try:
-            with self._connect(dsn) as conn:
-                row = conn.execute(
-                    sql.SQL(
-                        "SELECT run_id FROM {} WHERE table_name = %s AND year_month = %s"
-                    ).format(SYNC_STATE),
-                    (spec.name, str(year_month)),
-                ).fetchone()
+            with db.connect() as conn:
+                return synced_run_id(conn, spec.name, str(year_month)) == self.run_id
         except (PostgresError, psycopg.Error):
             return False
-        return row is not None and row[0] == self.run_id
 
     def _record_failure(
-        self, dsn: Dsn, spec: TableSpec, year_month: YearMonth, reason: str
+        self, db: Database, spec: TableSpec, year_month: YearMonth, reason: str
     ) -> None:
         """Best effort, in its own transaction: the failure must be visible in sync state."""
         try:
-            with self._connect(dsn) as conn:
-                conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {} AS s (table_name, year_month, last_failure_at,"
-                        " last_failure_reason, last_failure_run_id, consecutive_failures)"
-                        " VALUES (%s, %s, now(), %s, %s, 1)"
-                        " ON CONFLICT (table_name, year_month) DO UPDATE SET"
-                        " last_failure_at = now(),"
-                        " last_failure_reason = EXCLUDED.last_failure_reason,"
-                        " last_failure_run_id = EXCLUDED.last_failure_run_id,"
-                        " consecutive_failures = s.consecutive_failures + 1"
-                    ).format(SYNC_STATE),
-                    (
-                        spec.name,
-                        str(year_month),
-                        " ".join(dsn.scrub(reason).split())[:2000],
-                        self.run_id,
-                    ),
-                )
+            with db.connect() as conn:
+                record_failure(conn, spec.name, str(year_month), db.scrub(reason), self.run_id)
         except (PostgresError, psycopg.Error) as exc:
-            logger.warning(
-                "could not record the failure in sync state: %s", dsn.scrub(str(exc)).strip()
-            )
+            logger.warning("could not record the failure in sync state: %s", db.scrub(str(exc)))
 
 
 def write_months(
@@ -458,4 +394,4 @@ def write_months(
     ]
 
 
-__all__ = ["DeltaError", "MonthWriter", "WriteResult", "write_months"]
+__all__ = ["DeltaError", "MonthWriter", "WriteResult", "WriteStatus", "write_months"]

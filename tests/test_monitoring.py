@@ -9,9 +9,8 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,9 @@ import pytest
 import yaml
 
 from exporter.metrics import EXPORTED_NAMES
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from reconciler.repair import Repairer
-from replicator.config import DaemonSettings, Settings, with_overrides
-from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
-from tests.fix_delta import WriteMonth
 from tests.waiting import free_port, until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,34 +122,10 @@ def test_declared_names_cover_what_alerts_and_dashboard_use() -> None:
     assert used_metric_names() <= EXPORTED_NAMES
 
 
-@pytest.fixture
-def running_daemon(settings: Settings, write_month: WriteMonth) -> Iterator[tuple[Daemon, str]]:
-    write_month("ranking_signal", "2026-10", rows=30)
-    write_month("composite_signal_daily", "2026-10", rows=30)
-    for table in ("ranking_signal", "composite_signal_daily"):
-        MonthWriter(settings).write_month(settings.table(table), YearMonth.parse("2026-10"))
-    configured = with_overrides(
-        settings,
-        daemon=DaemonSettings(
-            interval_seconds=0.5, metrics_addr="127.0.0.1:0", leader_lease_seconds=10.0
-        ),
-    )
-    daemon = Daemon(lambda: configured, Overrides())
-    server = daemon.serve_metrics()
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    try:
-        yield daemon, server.url
-    finally:
-        daemon.stop()
-        thread.join(timeout=10)
-        server.stop()
-
-
 @pytest.mark.integration
 def test_every_name_used_is_exported_by_a_real_daemon(running_daemon: tuple[Daemon, str]) -> None:
     daemon, url = running_daemon
-    until(lambda: daemon.last_cycle_timestamp is not None, 30, "a cycle")
+    until(lambda: daemon.reconciler.last_cycle_timestamp is not None, 30, "a cycle")
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     exported = {
@@ -227,7 +199,7 @@ def test_real_prometheus_sees_drift_pending_firing_and_resolved(
 
         until(observe("pending"), 60, "the drift alert to go pending")
         until(observe("firing"), 30, "the drift alert to fire")
-        result = Repairer(daemon.comparer, actor="test").repair(
+        result = Repairer.for_settings(daemon.settings, actor="test").repair(
             daemon.settings.table("ranking_signal"), YearMonth.parse("2026-10")
         )
         assert result.outcome == "repaired"

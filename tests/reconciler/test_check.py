@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from reconciler.check import MonthComparer, worst
+from reconciler.check import Checker
 from reconciler.cli import main
 from replicator.config import Settings
 from replicator.writer import MonthWriter
@@ -23,18 +23,11 @@ OCT = YearMonth.parse("2026-10")
 
 
 def check(settings: Settings, table: str = "ranking_signal", deep: bool = False) -> Any:
-    return MonthComparer(settings).check(settings.table(table), OCT, deep=deep)
+    return Checker.for_settings(settings).check(settings.table(table), OCT, deep=deep)
 
 
 def replicate(settings: Settings, table: str = "ranking_signal", **kwargs: Any) -> None:
     MonthWriter(settings).write_month(settings.table(table), OCT, **kwargs)
-
-
-def test_worst_status_orders_by_severity() -> None:
-    assert worst(["in_sync", "lagging", "missing"]) == "missing"
-    assert worst(["drift", "orphaned", "in_sync"]) == "drift"
-    assert worst(["in_sync", "error", "drift"]) == "error"
-    assert worst([]) == "in_sync"
 
 
 @pytest.mark.integration

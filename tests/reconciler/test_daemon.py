@@ -10,74 +10,27 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.cli import main
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from reconciler.leader import LeaderLock
 from replicator.config import AutoRepairSettings, DaemonSettings, Settings, with_overrides
+from replicator.postgres import Database
 from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
+from tests.fix_daemon import scrape, value
 from tests.fix_delta import WriteMonth
 from tests.waiting import free_port, until
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(
-    url: str, auth: tuple[str, str] | None = None
-) -> dict[tuple[str, tuple[Any, ...]], float]:
-    request = urllib.request.Request(url)
-    if auth:
-        import base64
-
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict[tuple[str, tuple[Any, ...]], float], name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
-
-
-@pytest.fixture
-def make_daemon(settings: Settings) -> Iterator[Callable[..., Daemon]]:
-    made: list[Daemon] = []
-
-    def make(auto_repair: AutoRepairSettings | None = None, **daemon: Any) -> Daemon:
-        configured = with_overrides(
-            settings,
-            daemon=DaemonSettings(
-                **{
-                    "interval_seconds": 0.2,
-                    "metrics_addr": "127.0.0.1:0",
-                    "leader_lease_seconds": 5.0,
-                    **daemon,
-                }
-            ),
-            auto_repair=auto_repair or AutoRepairSettings(),
-        )
-        made.append(Daemon(lambda: configured, Overrides()))
-        return made[-1]
-
-    yield make
-    for daemon in made:
-        daemon.stop()
-        daemon.leader.release()
 
 
 def replicate(settings: Settings, table: str, month: str) -> None:
@@ -174,6 +127,7 @@ def test_a_month_that_leaves_the_window_leaves_the_output(
     daemon.run_cycle()
     assert {m.year_month for m in daemon.view().months} == {"2026-10", "2023-01"}
     daemon.settings = with_overrides(daemon.settings, daemon=DaemonSettings(retention_months=12))
+    daemon._configure()
     assert {m.year_month for m in daemon.view().months} == {"2026-10"}
 
 
@@ -191,7 +145,7 @@ def test_auto_repair_within_guardrails(
         AutoRepairSettings(enabled=True, grace_period_seconds=0, circuit_breaker_months=2)
     )
     breaker.run_cycle()
-    assert breaker.circuit_open
+    assert breaker.reconciler.circuit_open
     assert all(m.status == "drift" for m in breaker.months.values())
     assert pg.execute("SELECT count(*) FROM ranking.repair_audit").fetchone() == (0,)
     breaker.leader.release()
@@ -250,7 +204,7 @@ def test_sources_down_are_reported_and_recovered(
     daemon = make_daemon()
     good = daemon.settings
     daemon.settings = with_overrides(
-        good, dsn=Dsn("postgresql://x@127.0.0.1:1/db"), delta_root="/nonexistent/root"
+        good, dsn=Dsn("postgresql://x@127.0.0.1:1/db"), delta={"root": "/nonexistent/root"}
     )
     daemon._configure()
     summary = daemon.run_cycle()
@@ -267,8 +221,8 @@ def test_sources_down_are_reported_and_recovered(
 
 
 def test_leader_lock_and_lease(pg_dsn: str) -> None:
-    first = LeaderLock(Dsn(pg_dsn), lease_seconds=1.0)
-    second = LeaderLock(Dsn(pg_dsn), lease_seconds=1.0)
+    first = LeaderLock(Database(Dsn(pg_dsn)), lease_seconds=1.0)
+    second = LeaderLock(Database(Dsn(pg_dsn)), lease_seconds=1.0)
     try:
         assert first.try_acquire()
         assert not second.try_acquire()
@@ -421,3 +375,49 @@ def test_months_in_error_are_never_auto_repaired(
         )
     finally:
         pg.execute("ALTER TABLE ranking.ranking_signal DROP COLUMN surprise")
+
+
+def test_a_delta_error_during_planning_marks_delta_down_and_only_delta(
+    settings: Settings,
+    write_month: WriteMonth,
+    make_daemon: Callable[..., Daemon],
+    delta_root: str,
+) -> None:
+    from deltalake import write_deltalake
+
+    from reconciler.sample import composite_signal_daily
+
+    write_month("ranking_signal", "2026-10", rows=10)
+    replicate(settings, "ranking_signal", "2026-10")
+    # A table that loads but cannot be planned: it is not partitioned by month.
+    write_deltalake(
+        f"{delta_root}/composite_signal_daily",
+        composite_signal_daily(YearMonth.parse("2026-10"), 10),
+    )
+    daemon = make_daemon()
+    summary = daemon.run_cycle()
+    assert summary.sources_up == {"delta": False, "postgres": True}
+    assert daemon.months[("ranking_signal", "2026-10")].status == "in_sync"
+    registry = daemon.metrics.registry
+    assert registry.get_sample_value("reconciler_source_up", {"source": "postgres"}) == 1
+    assert registry.get_sample_value("reconciler_source_up", {"source": "delta"}) == 0
+
+
+def test_a_table_removed_on_reload_takes_its_months_and_the_next_cycle_is_clean(
+    settings: Settings, write_month: WriteMonth, make_daemon: Callable[..., Daemon]
+) -> None:
+    for table in ("ranking_signal", "composite_signal_daily"):
+        write_month(table, "2026-10", rows=10)
+        replicate(settings, table, "2026-10")
+    daemon = make_daemon()
+    daemon.run_cycle()
+    assert {key[0] for key in daemon.months} == {"ranking_signal", "composite_signal_daily"}
+    one_table = with_overrides(daemon.settings, tables=(settings.table("ranking_signal"),))
+    daemon._load_settings = lambda: one_table
+    daemon.reload()
+    assert set(daemon.months) == {("ranking_signal", "2026-10")}
+    summary = daemon.run_cycle()
+    assert summary.sources_up == {"delta": True, "postgres": True}
+    assert {m.table for m in daemon.view().months} == {"ranking_signal"}
+    daemon.months[("ranking_signal", "2026-10")].last_deep_check = 0  # a deep check is due
+    assert daemon.run_cycle().sources_up == {"delta": True, "postgres": True}

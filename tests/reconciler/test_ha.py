@@ -6,89 +6,23 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.sample import ranking_signal, write_delta_month
 from replicator.config import Settings
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
+from tests.fix_daemon import DaemonProcess
 from tests.fix_delta import WriteMonth
-from tests.waiting import free_port, until
+from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OCT = YearMonth.parse("2026-10")
-
-
-class DaemonProcess:
-    def __init__(self, env: dict[str, str], config: Path) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from reconciler.cli import main; main()",
-                "run",
-                "--config",
-                str(config),
-                "--metrics-addr",
-                f"127.0.0.1:{self.port}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def metric(self, name: str) -> float | None:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.port}/metrics", timeout=2
-            ) as response:
-                text = response.read().decode()
-        except OSError:
-            return None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name:
-                    return float(sample.value)
-        return None
-
-    def leader(self) -> bool:
-        return self.metric("reconciler_leader") == 1.0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def daemons(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], DaemonProcess]]:
-    config = tmp_path / "ha.toml"
-    config.write_text(
-        "[daemon]\ninterval_seconds = 0.5\nleader_lease_seconds = 2\n"
-        "[auto_repair]\nenabled = true\ngrace_period_seconds = 0\n"
-    )
-    env = {**os.environ, **cli_env, "PYTHONPATH": os.getcwd()}
-    started: list[DaemonProcess] = []
-
-    def start() -> DaemonProcess:
-        started.append(DaemonProcess(env, config))
-        return started[-1]
-
-    yield start
-    for daemon in started:
-        daemon.stop()
 
 
 def audit_actors(pg: psycopg.Connection[Any]) -> list[str]:

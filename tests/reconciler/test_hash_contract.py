@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from reconciler.check import MonthComparer
+from reconciler.check import Checker
 from reconciler.diff import diff_month
 from reconciler.sample import write_delta_month
 from replicator.config import Settings, load_settings, with_overrides
+from replicator.postgres import Database
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.reconciler import alltypes
@@ -126,7 +127,7 @@ def contract(pg: psycopg.Connection[Any], pg_dsn: str, tmp_path: Path) -> Iterat
     alltypes.create(pg)
     root = str(tmp_path / "delta")
     base = load_settings(dsn=pg_dsn, delta_root=root, environ={})
-    settings_ = with_overrides(base, tables=(alltypes.SPEC,), digest_buckets=16)
+    settings_ = with_overrides(base, tables=(alltypes.SPEC,), digest={"buckets": 16})
     database = pg.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
 
     class Contract:
@@ -140,10 +141,11 @@ def contract(pg: psycopg.Connection[Any], pg_dsn: str, tmp_path: Path) -> Iterat
             MonthWriter(self.settings).write_month(alltypes.SPEC, month, allow_empty=True)
 
         def check(self, month: YearMonth = OCT, deep: bool = True) -> Any:
-            return MonthComparer(self.settings).check(alltypes.SPEC, month, deep=deep)
+            return Checker.for_settings(self.settings).check(alltypes.SPEC, month, deep=deep)
 
         def diff(self, month: YearMonth = OCT) -> Any:
-            return diff_month(MonthComparer(self.settings), alltypes.SPEC, month, limit=50)
+            db = Database.for_settings(self.settings)
+            return diff_month(db, self.settings, alltypes.SPEC, month, limit=50)
 
         def session(self, values: dict[str, str]) -> None:
             for name, value in values.items():

@@ -12,13 +12,14 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from reconciler.migrate import migrate, packaged_migrations
+from replicator.postgres import Database
 from replicator.secrets import Dsn
 
 pytestmark = pytest.mark.integration
 
 
 def test_migrate_is_idempotent_and_recorded(pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
-    assert migrate(Dsn(pg_dsn)) == []
+    assert migrate(Database(Dsn(pg_dsn))) == []
     versions = [
         v
         for (v,) in pg.execute(
@@ -106,7 +107,7 @@ def test_functions_shadowing_builtins_are_never_called(
 ) -> None:
     """A schema earlier in the search path defines look-alikes of the builtins our SQL uses;
     our connections pin search_path, so the digests stay right."""
-    from reconciler.check import MonthComparer
+    from reconciler.check import Checker
     from replicator.writer import MonthWriter
     from replicator.yearmonth import YearMonth
 
@@ -132,7 +133,9 @@ def test_functions_shadowing_builtins_are_never_called(
         write_month("ranking_signal", "2026-10", rows=50)
         month = YearMonth.parse("2026-10")
         MonthWriter(settings).write_month(settings.table("ranking_signal"), month)
-        result = MonthComparer(settings).check(settings.table("ranking_signal"), month, deep=True)
+        result = Checker.for_settings(settings).check(
+            settings.table("ranking_signal"), month, deep=True
+        )
         assert (result.status, result.delta_digest) == ("in_sync", result.postgres_digest)
     finally:
         pg.execute(sql.SQL("ALTER DATABASE {} RESET search_path").format(sql.Identifier(database)))

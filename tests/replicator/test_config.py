@@ -15,8 +15,8 @@ def write(tmp_path: Path, text: str) -> str:
 def test_defaults_are_the_two_spec_tables() -> None:
     settings = load_settings(environ={})
     assert [t.name for t in settings.tables] == ["ranking_signal", "composite_signal_daily"]
-    assert settings.write_required is True
-    assert settings.verify_counts is False
+    assert settings.postgres.write_required is True
+    assert settings.postgres.verify_counts is False
     assert settings.dsn is None
     assert settings.daemon.retention_months == 36
     assert settings.auto_repair.enabled is False
@@ -31,10 +31,10 @@ def test_environment_overrides_file_and_arguments_override_environment(tmp_path:
         "POSTGRES_SIGNALS_VERIFY_COUNTS": "TRUE",
     }
     settings = load_settings(environ=env)
-    assert settings.delta_root == "/from/env"
-    assert settings.write_required is False
-    assert settings.verify_counts is True
-    assert load_settings(environ=env, delta_root="/from/arg").delta_root == "/from/arg"
+    assert settings.delta.root == "/from/env"
+    assert settings.postgres.write_required is False
+    assert settings.postgres.verify_counts is True
+    assert load_settings(environ=env, delta_root="/from/arg").delta.root == "/from/arg"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@ sync state describes what is there, and the failure is visible."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -17,13 +16,14 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from reconciler.check import MonthComparer
+from reconciler.check import Checker
 from reconciler.sample import ranking_signal, write_delta_month
 from replicator.config import Settings, with_overrides
 from replicator.errors import PostgresError
 from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
+from tests.fix_proxy import CommitSwallowingProxy
 from tests.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -147,7 +147,7 @@ def test_two_writers_of_one_month_serialize_into_one_complete_version(
         writer.start()
         time.sleep(0.05)
     until(lambda: copy_in_progress(pg))
-    seen_in_flight.append(MonthComparer(old_then_new).check(spec, OCT).status)
+    seen_in_flight.append(Checker.for_settings(old_then_new).check(spec, OCT).status)
     for writer in writers:
         writer.join(timeout=120)
     assert sorted(done) == ["v0", "v1"]
@@ -176,67 +176,9 @@ def test_delta_commit_during_the_read_keeps_the_pinned_version(
     thread.join(timeout=120)
     assert writer_done.is_set()
     assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))  # the pinned version 1
-    assert MonthComparer(old_then_new).check(spec, OCT).status == "lagging"  # version 2 waits
-
-
-class CommitSwallowingProxy:
-    """Forwards Postgres traffic. On a connection that ran a COPY, it forwards the COMMIT, lets
-    the server commit, and cuts the client off before the answer: a lost acknowledgement."""
-
-    def __init__(self, upstream: tuple[int, Any]) -> None:
-        self.upstream = upstream  # (address family, address)
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.port = self.listener.getsockname()[1]
-        self.swallowed = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.socket(self.upstream[0])
-            server.connect(self.upstream[1])
-            cut = threading.Event()
-            threading.Thread(
-                target=self._to_server, args=(client, server, cut), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._to_client, args=(server, client, cut), daemon=True
-            ).start()
-
-    def _to_server(
-        self, client: socket.socket, server: socket.socket, cut: threading.Event
-    ) -> None:
-        copied = False
-        try:
-            while data := client.recv(65536):
-                copied = copied or b"COPY" in data
-                if copied and b"COMMIT" in data:
-                    cut.set()  # from now on nothing goes back to the client
-                    server.sendall(data)
-                    self.swallowed += 1
-                    time.sleep(0.5)
-                    break
-                server.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (client, server):
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-    def _to_client(
-        self, server: socket.socket, client: socket.socket, cut: threading.Event
-    ) -> None:
-        try:
-            while (data := server.recv(65536)) and not cut.is_set():
-                client.sendall(data)
-        except OSError:
-            pass
+    assert (
+        Checker.for_settings(old_then_new).check(spec, OCT).status == "lagging"
+    )  # version 2 waits
 
 
 def test_lost_commit_acknowledgement_is_resolved_from_sync_state(
@@ -297,7 +239,7 @@ def test_a_writer_racing_a_repair_serialize(
     from reconciler.repair import Repairer
 
     spec = old_then_new.table("ranking_signal")
-    comparer = MonthComparer(old_then_new)
+    comparer = Checker.for_settings(old_then_new)
     pg.execute("DELETE FROM ranking.ranking_signal WHERE rank < 10")  # drift to repair
     job = threading.Thread(
         target=lambda: MonthWriter(old_then_new, run_id="job").write_month(
@@ -306,7 +248,9 @@ def test_a_writer_racing_a_repair_serialize(
     )
     job.start()
     until(lambda: copy_in_progress(pg))
-    result = Repairer(comparer, actor="test").repair(spec, OCT)  # waits for the month's lock
+    result = Repairer.for_settings(old_then_new, actor="test").repair(
+        spec, OCT
+    )  # waits for the month's lock
     job.join(timeout=120)
     assert result.outcome in ("repaired", "skipped")
     assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))

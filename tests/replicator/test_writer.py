@@ -145,7 +145,7 @@ def test_incompatible_schema_is_named_before_any_write(
     from reconciler.sample import ranking_signal
 
     write_month("ranking_signal", "2026-10", data=change(ranking_signal(OCT, 5)), root=other_root)
-    bad_settings = with_overrides(settings, delta_root=other_root)
+    bad_settings = with_overrides(settings, delta={"root": other_root})
     with pytest.raises(InputError, match=message):
         MonthWriter(bad_settings).write_month(settings.table("ranking_signal"), OCT)
     assert pg_rows(pg) == arrow_rows(good)
@@ -176,7 +176,7 @@ def test_verify_counts_rolls_back_on_mismatch(
     settings: Settings, write_month: WriteMonth, pg: psycopg.Connection[Any]
 ) -> None:
     good = write_month("ranking_signal", "2026-10", rows=10)
-    checked = with_overrides(settings, verify_counts=True)
+    checked = with_overrides(settings, postgres={"verify_counts": True})
     MonthWriter(checked).write_month(settings.table("ranking_signal"), OCT)
     write_month("ranking_signal", "2026-10", rows=12, seed=5)
     # Something in Postgres adds a row during the COPY: the count check must catch it.
@@ -209,7 +209,7 @@ def test_best_effort_failure_is_recorded_and_does_not_raise(
         "ALTER TABLE ranking.ranking_signal ADD CONSTRAINT no_big_rank CHECK (rank < 5) NOT VALID"
     )
     try:
-        best_effort = with_overrides(settings, write_required=False)
+        best_effort = with_overrides(settings, postgres={"write_required": False})
         for attempt in (1, 2):
             result = MonthWriter(best_effort, run_id=f"r{attempt}").write_month(
                 settings.table("ranking_signal"), OCT
@@ -245,7 +245,9 @@ def test_unreachable_postgres_fails_within_the_connect_timeout(
     settings: Settings, write_month: WriteMonth, silent_server: SilentServer
 ) -> None:
     write_month("ranking_signal", "2026-10", rows=5)
-    hung = with_overrides(settings, connect_timeout_seconds=2, dsn=Dsn(silent_server.dsn()))
+    hung = with_overrides(
+        settings, postgres={"connect_timeout_seconds": 2}, dsn=Dsn(silent_server.dsn())
+    )
     started = time.monotonic()
     with pytest.raises(PostgresError, match=r"cannot connect to Postgres at 127\.0\.0\.1") as info:
         MonthWriter(hung).write_month(settings.table("ranking_signal"), OCT)

@@ -3,7 +3,8 @@
 Postgres computes it server-side as `hashtextextended(text COLLATE "C", 0)` at a fraction of
 md5's cost; this module computes the same 64-bit value for every string of an Arrow array,
 so the Delta side and the Postgres side of a digest agree bit for bit. Postgres's result
-depends on the server's byte order; `reconciler.sides` checks a known answer before use.
+depends on the server's byte order; `replicator.contract.verify_server_hash` checks a known
+answer before any digest is trusted.
 """
 
 from __future__ import annotations

@@ -1,0 +1,295 @@
+"""One cycle of the daemon: read the metadata, plan, compare, record findings, repair.
+
+The cheap work comes first. From the Delta log (the files of each month), sync state and
+Postgres's table statistics the cycle builds a `CycleSnapshot`; `planner.plan` picks the months
+that may have changed (and the deep re-checks due); only those are compared. A cycle in which
+nothing changed reads no table data. Auto-repair follows `autorepair.plan_repairs`, and runs only
+on the leader, which checks its lease right before every repair.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from exporter.metrics import DaemonView, Metrics
+from reconciler.autorepair import HOUR, plan_repairs
+from reconciler.check import Checker
+from reconciler.findings import record_finding
+from reconciler.leader import LeaderLock
+from reconciler.monthstate import MonthInputs, MonthState, MonthStates, SyncAnchor
+from reconciler.outsidewrites import OutsideWriteDetector
+from reconciler.planner import CycleSnapshot, MonthMetadata, PlannedCheck, plan
+from reconciler.repair import Repairer
+from reconciler.verdict import EXPORTED, Status
+from replicator.config import Settings, TableSpec
+from replicator.delta import DeltaTableReader
+from replicator.errors import DeltaError, PostgresError, ReplicationError
+from replicator.postgres import Database
+from replicator.syncstate import read_all_sync_states
+from replicator.writer import new_run_id
+from replicator.yearmonth import YearMonth, current_month, retention_window
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleSummary:
+    run_id: str
+    checked: int = 0
+    repaired: int = 0
+    sources_up: dict[str, bool] = field(default_factory=dict)
+
+
+class Reconciler:
+    """The daemon's work between two waits; its state lives as long as the process."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.months = MonthStates()
+        self.sources_up = {"delta": False, "postgres": False}
+        self.last_cycle_timestamp: float | None = None
+        self.circuit_open = False
+        self._outside = OutsideWriteDetector()
+        self._repair_history: collections.deque[float] = collections.deque()
+
+    def configure(
+        self, settings: Settings, leader: LeaderLock, *, auto_repair: bool, interval: float
+    ) -> None:
+        """(Re)builds everything that depends on the configuration; keeps what was learnt."""
+        self.settings = settings
+        self.leader = leader
+        self.auto_repair = auto_repair
+        self.interval = interval
+        self.db = Database(
+            settings.require_dsn(), "reconciler-daemon", settings.postgres.connect_timeout_seconds
+        )
+        self.checker = Checker(self.db, settings)
+        # The audit names the instance: with two daemons, which one repaired matters.
+        self.repairer = Repairer(
+            self.checker,
+            settings,
+            self.db,
+            actor=f"reconciler-daemon:{socket.gethostname()}:{os.getpid()}",
+        )
+        self.months.keep_tables(spec.name for spec in settings.tables)
+        self.metrics.declare_tables(spec.name for spec in settings.tables)
+
+    # -- what the exporter and the probes see --------------------------------------------
+    def window(self) -> list[YearMonth]:
+        return retention_window(current_month(), self.settings.daemon.retention_months)
+
+    def view(self) -> DaemonView:
+        return DaemonView(
+            self.months.views(str(m) for m in self.window()),
+            dict(self.sources_up),
+            self.last_cycle_timestamp,
+            self.leader.held,
+            self.circuit_open,
+            tuple(str(s) for s in EXPORTED),
+        )
+
+    def ready(self) -> tuple[bool, str]:
+        if self.last_cycle_timestamp is None:
+            return False, "no cycle completed yet"
+        age = time.time() - self.last_cycle_timestamp
+        if age > 3 * self.interval + 30:
+            return False, f"last complete cycle {age:.0f}s ago"
+        down = [name for name, up in self.sources_up.items() if not up]
+        if down:
+            return False, "source down: " + ", ".join(down)
+        return True, "ready"
+
+    # -- one cycle -----------------------------------------------------------------------
+    def run_cycle(self, stop: threading.Event) -> CycleSummary:
+        summary = CycleSummary(run_id=new_run_id())
+        log = {"run_id": summary.run_id}
+        started, now = time.monotonic(), time.time()
+        readers: dict[str, DeltaTableReader] = {}
+        up = {"delta": True, "postgres": True}
+        for spec in self.settings.tables:
+            try:
+                readers[spec.name] = self.checker.latest(spec)
+            except ReplicationError as exc:
+                up["delta"] = False
+                logger.error("Delta table %s unavailable: %s", spec.name, exc, extra=log)
+        try:
+            with self.db.connect() as conn:
+                snapshot = self._snapshot(conn, readers, now, up, log)
+                self._observe(snapshot)
+                todo = plan(
+                    snapshot,
+                    self.months,
+                    interval_seconds=self.interval,
+                    deep_check_period_seconds=self.settings.daemon.deep_check_period_seconds,
+                )
+                for check in todo:
+                    if stop.is_set():
+                        break
+                    self._check(conn, check, readers.get(check.table), summary)
+        except (PostgresError, psycopg.Error) as exc:
+            up["postgres"] = False
+            logger.error("Postgres unavailable: %s", self.db.scrub(str(exc)), extra=log)
+        self.sources_up = dict(up)
+        summary.sources_up = dict(up)
+        if up["postgres"] and not stop.is_set():
+            self.leader.try_acquire()
+            summary.repaired = self._auto_repair(time.time(), stop)
+        if all(up.values()) and not stop.is_set():
+            self.last_cycle_timestamp = time.time()
+        logger.info(
+            "cycle done: %d comparisons, %d repairs in %.2fs",
+            summary.checked,
+            summary.repaired,
+            time.monotonic() - started,
+            extra=log,
+        )
+        return summary
+
+    def _snapshot(
+        self,
+        conn: psycopg.Connection[Any],
+        readers: dict[str, DeltaTableReader],
+        now: float,
+        up: dict[str, bool],
+        log: dict[str, str],
+    ) -> CycleSnapshot:
+        """The metadata of every month in the window; Delta's failures mark Delta down only."""
+        states = {(s.table, s.year_month): s for s in read_all_sync_states(conn)}
+        outside = self._outside.tables_written_outside(conn, self.settings.tables, states)
+        window = self.window()
+        readable = set(readers)
+        months: list[MonthMetadata] = []
+        for spec in self.settings.tables:
+            present = _months_in_postgres(conn, spec, window)
+            files: dict[str, tuple[str, ...]] | None = None
+            reader = readers.get(spec.name)
+            if reader is not None:
+                try:
+                    files = {
+                        str(m): tuple(sorted(f.path for f in reader.month_files(m))) for m in window
+                    }
+                except DeltaError as exc:
+                    up["delta"] = False
+                    readable.discard(spec.name)
+                    logger.error("Delta table %s unreadable: %s", spec.name, exc, extra=log)
+            for month in window:
+                key = (spec.name, str(month))
+                state = states.get(key)
+                month_files = files.get(str(month)) if files is not None else None
+                if not month_files and str(month) not in present and state is None:
+                    continue
+                inputs = MonthInputs(month_files, SyncAnchor.of(state), str(month) in present)
+                months.append(MonthMetadata(spec.name, month, inputs, state))
+        conn.rollback()
+        return CycleSnapshot(now, tuple(months), frozenset(readable), frozenset(outside))
+
+    def _observe(self, snapshot: CycleSnapshot) -> None:
+        """Months that exist nowhere any more are forgotten; the others learn their metadata."""
+        seen = {meta.key for meta in snapshot.months}
+        for spec in self.settings.tables:
+            for month in self.window():
+                if (spec.name, str(month)) not in seen:
+                    self.months.forget((spec.name, str(month)))
+        for meta in snapshot.months:
+            self.months.ensure(meta.key).observe(meta.sync, meta.inputs, snapshot.now)
+
+    def _check(
+        self,
+        conn: psycopg.Connection[Any],
+        check: PlannedCheck,
+        reader: DeltaTableReader | None,
+        summary: CycleSummary,
+    ) -> None:
+        spec = self.settings.table(check.table)
+        self.metrics.checks.labels(table=spec.name).inc()
+        with self.metrics.check_duration.labels(table=spec.name).time():
+            result = self.checker.check(
+                spec, check.year_month, conn=conn, latest=reader, deep=check.deep
+            )
+        summary.checked += 1
+        if result.status is Status.ERROR:
+            self.metrics.check_failures.labels(table=spec.name).inc()
+        self.months.ensure(check.key).record(result, deep=check.deep, now=time.time())
+        record_finding(self.db, conn, result)
+        quiet = result.status in (Status.IN_SYNC, Status.LAGGING)
+        level = logging.DEBUG if quiet else logging.WARNING
+        logger.log(
+            level,
+            "%s %s: %s %s",
+            spec.name,
+            check.year_month,
+            result.status,
+            result.reason,
+            extra={
+                "table": spec.name,
+                "year_month": str(check.year_month),
+                "status": result.status,
+                "run_id": summary.run_id,
+            },
+        )
+
+    # -- auto-repair ---------------------------------------------------------------------
+    def _auto_repair(self, now: float, stop: threading.Event) -> int:
+        guard = self.settings.auto_repair
+        while self._repair_history and now - self._repair_history[0] > HOUR:
+            self._repair_history.popleft()
+        decided = plan_repairs(
+            self.months.values(), self._repair_history, guard, enabled=self.auto_repair, now=now
+        )
+        self.circuit_open = decided.circuit_open
+        if decided.circuit_open and self.auto_repair:
+            logger.error(
+                "auto-repair suspended: %d months drift (more than %d): that smells of a"
+                " systemic problem, not of a month to rewrite",
+                decided.drifting,
+                guard.circuit_breaker_months,
+            )
+            return 0
+        repaired = 0
+        for state in decided.repair:
+            if stop.is_set() or not self.leader.still_leader():
+                break
+            if decided.dry_run:
+                logger.warning(
+                    "auto-repair dry run: would repair %s %s (%s)",
+                    state.table,
+                    state.year_month,
+                    state.status,
+                )
+                continue
+            self._repair(state, now)
+            repaired += 1
+        if decided.waiting and self.auto_repair and not decided.dry_run:
+            first = decided.waiting[0]
+            logger.warning("auto-repair limit reached; %s %s waits", first.table, first.year_month)
+        return repaired
+
+    def _repair(self, state: MonthState, now: float) -> None:
+        spec = self.settings.table(state.table)
+        self._repair_history.append(now)
+        self.metrics.repairs.labels(table=spec.name).inc()
+        result = self.repairer.repair(spec, YearMonth.parse(state.year_month))
+        if not result.succeeded:
+            self.metrics.repair_failures.labels(table=spec.name).inc()
+        if result.check_after is not None:
+            state.record(result.check_after, deep=False, now=time.time())
+
+
+def _months_in_postgres(
+    conn: psycopg.Connection[Any], spec: TableSpec, window: list[YearMonth]
+) -> set[str]:
+    """One index probe per month of the window."""
+    query = sql.SQL(
+        "SELECT m FROM unnest(%s::text[]) AS m WHERE EXISTS (SELECT 1 FROM {} WHERE year_month = m)"
+    ).format(sql.Identifier(spec.postgres_schema, spec.postgres_table))
+    return {row[0] for row in conn.execute(query, ([str(m) for m in window],))}

@@ -1,0 +1,85 @@
+"""`ranking.month_check`: the daemon's last comparison of each month, for `reconciler status`.
+
+The daemon writes a finding after every comparison; `status` (and any other reader) reads them.
+Losing a finding only loses a report: a failed write is logged, never raised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from reconciler.check import TableCheck
+from reconciler.verdict import Status
+from replicator.postgres import Database
+
+logger = logging.getLogger(__name__)
+
+MONTH_CHECK = sql.Identifier("ranking", "month_check")
+
+
+@dataclass(frozen=True)
+class Finding:
+    table: str
+    year_month: str
+    status: Status
+    reason: str
+    checked_at: dt.datetime
+
+
+def record_finding(db: Database, conn: psycopg.Connection[Any], result: TableCheck) -> None:
+    """Upserts the month's last comparison; commits on `conn`."""
+    try:
+        conn.rollback()
+        conn.read_only = False
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (table_name, year_month, status, reason, checked_at,"
+                " delta_version, synced_version, delta_rows, postgres_rows, lag_seconds)"
+                " VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s, %s)"
+                " ON CONFLICT (table_name, year_month) DO UPDATE SET status = EXCLUDED.status,"
+                " reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at,"
+                " delta_version = EXCLUDED.delta_version,"
+                " synced_version = EXCLUDED.synced_version, delta_rows = EXCLUDED.delta_rows,"
+                " postgres_rows = EXCLUDED.postgres_rows, lag_seconds = EXCLUDED.lag_seconds"
+            ).format(MONTH_CHECK),
+            (
+                result.table,
+                result.year_month,
+                str(result.status),
+                result.reason[:2000],
+                result.delta_version,
+                result.synced_version,
+                result.delta_rows,
+                result.postgres_rows,
+                result.lag_seconds,
+            ),
+        )
+        conn.commit()
+    except psycopg.Error as exc:
+        conn.rollback()
+        logger.warning(
+            "could not record the check of %s %s: %s",
+            result.table,
+            result.year_month,
+            db.scrub(str(exc)),
+        )
+
+
+def read_findings(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], Finding]:
+    """Every recorded finding, by (table, month)."""
+    rows = conn.execute(
+        sql.SQL("SELECT table_name, year_month, status, reason, checked_at FROM {}").format(
+            MONTH_CHECK
+        ),
+        binary=True,
+    ).fetchall()
+    return {
+        (table, month): Finding(table, month, Status(status), reason, checked_at)
+        for table, month, status, reason, checked_at in rows
+    }
