@@ -24,6 +24,7 @@ from replicator.options import (
     EXIT_FINDING,
     EXIT_OK,
     YEAR_MONTH,
+    Commands,
     build_settings,
     configure_logging,
     emit_json,
@@ -40,7 +41,7 @@ STATUS_EXIT = {Status.IN_SYNC: EXIT_OK, Status.ERROR: EXIT_ERROR}
 logger = logging.getLogger(__name__)
 
 
-@click.group()
+@click.group(cls=Commands)
 @click.version_option(__version__)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--json-logs", is_flag=True, help="Log one JSON object per line on stderr.")
@@ -243,7 +244,7 @@ def repair(
         raise SystemExit(EXIT_ERROR)
     if dry_run:
         raise SystemExit(EXIT_OK)
-    ok = all(r.outcome in ("repaired", "skipped") for r in results)
+    ok = all(r.outcome in ("repaired", "reanchored", "skipped") for r in results)
     raise SystemExit(EXIT_OK if ok else EXIT_FINDING)
 
 

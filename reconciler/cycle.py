@@ -10,6 +10,7 @@ on the leader, which checks its lease right before every repair.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import socket
@@ -23,19 +24,20 @@ from psycopg import sql
 
 from exporter.metrics import DaemonView, Metrics
 from reconciler.autorepair import HOUR, plan_repairs
-from reconciler.check import Checker
-from reconciler.findings import record_finding
+from reconciler.check import Checker, TableCheck
+from reconciler.findings import read_findings, record_finding
 from reconciler.leader import LeaderLock
-from reconciler.monthstate import MonthInputs, MonthState, MonthStates, SyncAnchor
+from reconciler.monthstate import DeltaInputs, MonthInputs, MonthState, MonthStates, SyncAnchor
 from reconciler.outsidewrites import OutsideWriteDetector
-from reconciler.planner import CycleSnapshot, MonthMetadata, PlannedCheck, plan
+from reconciler.planner import CycleSnapshot, MonthMetadata, Periods, PlannedCheck, plan
 from reconciler.repair import Repairer
 from reconciler.verdict import EXPORTED, Status
 from replicator.config import Settings, TableSpec
-from replicator.delta import DeltaTableReader
+from replicator.delta import ChangeKind, DeltaTableReader
 from replicator.errors import DeltaError, PostgresError, ReplicationError
 from replicator.postgres import Database
-from replicator.syncstate import read_all_sync_states
+from replicator.schema import postgres_columns
+from replicator.syncstate import SyncState, read_all_sync_states
 from replicator.writer import new_run_id
 from replicator.yearmonth import YearMonth, current_month, retention_window
 
@@ -61,6 +63,7 @@ class Reconciler:
         self.circuit_open = False
         self._outside = OutsideWriteDetector()
         self._repair_history: collections.deque[float] = collections.deque()
+        self._remembered = False  # the periodic checks' clocks were read from month_check
 
     def configure(
         self, settings: Settings, leader: LeaderLock, *, auto_repair: bool, interval: float
@@ -124,25 +127,28 @@ class Reconciler:
                 logger.error("Delta table %s unavailable: %s", spec.name, exc, extra=log)
         try:
             with self.db.connect() as conn:
+                self.leader.try_acquire()
+                self._remember(conn)
                 snapshot = self._snapshot(conn, readers, now, up, log)
                 self._observe(snapshot)
-                todo = plan(
-                    snapshot,
-                    self.months,
-                    interval_seconds=self.interval,
-                    deep_check_period_seconds=self.settings.daemon.deep_check_period_seconds,
+                daemon = self.settings.daemon
+                periods = Periods(
+                    self.interval,
+                    daemon.postgres_check_period_seconds,
+                    daemon.deep_check_period_seconds,
                 )
-                for check in todo:
+                syncs = {meta.key: meta.sync for meta in snapshot.months}
+                for check in plan(snapshot, self.months, periods):
                     if stop.is_set():
                         break
-                    self._check(conn, check, readers.get(check.table), summary)
+                    reader = readers.get(check.table)
+                    self._check(conn, check, reader, syncs.get(check.key), summary)
         except (PostgresError, psycopg.Error) as exc:
             up["postgres"] = False
             logger.error("Postgres unavailable: %s", self.db.scrub(str(exc)), extra=log)
         self.sources_up = dict(up)
         summary.sources_up = dict(up)
         if up["postgres"] and not stop.is_set():
-            self.leader.try_acquire()
             summary.repaired = self._auto_repair(time.time(), stop)
         if all(up.values()) and not stop.is_set():
             self.last_cycle_timestamp = time.time()
@@ -155,6 +161,17 @@ class Reconciler:
         )
         return summary
 
+    def _remember(self, conn: psycopg.Connection[Any]) -> None:
+        """Once per process: when each month was last re-digested, as an earlier process
+        recorded it, so that a restart never postpones a periodic check."""
+        if self._remembered:
+            return
+        for key, finding in read_findings(conn).items():
+            if key[0] in {spec.name for spec in self.settings.tables}:
+                self.months.ensure(key).remember(finding)
+        conn.rollback()
+        self._remembered = True
+
     def _snapshot(
         self,
         conn: psycopg.Connection[Any],
@@ -165,33 +182,38 @@ class Reconciler:
     ) -> CycleSnapshot:
         """The metadata of every month in the window; Delta's failures mark Delta down only."""
         states = {(s.table, s.year_month): s for s in read_all_sync_states(conn)}
-        outside = self._outside.tables_written_outside(conn, self.settings.tables, states)
+        suspicious = self._outside.suspicious_tables(conn, self.settings.tables, states)
         window = self.window()
         readable = set(readers)
         months: list[MonthMetadata] = []
         for spec in self.settings.tables:
             present = _months_in_postgres(conn, spec, window)
-            files: dict[str, tuple[str, ...]] | None = None
             reader = readers.get(spec.name)
+            deltas: dict[str, DeltaInputs] | None = None
+            schema = ""
             if reader is not None:
                 try:
-                    files = {
-                        str(m): tuple(sorted(f.path for f in reader.month_files(m))) for m in window
+                    deltas = {
+                        str(m): _delta_inputs(reader, m, states.get((spec.name, str(m))))
+                        for m in window
                     }
+                    schema = _schema_inputs(conn, spec, reader)
                 except DeltaError as exc:
                     up["delta"] = False
                     readable.discard(spec.name)
+                    deltas = None
                     logger.error("Delta table %s unreadable: %s", spec.name, exc, extra=log)
             for month in window:
                 key = (spec.name, str(month))
                 state = states.get(key)
-                month_files = files.get(str(month)) if files is not None else None
-                if not month_files and str(month) not in present and state is None:
+                delta = deltas.get(str(month)) if deltas is not None else None
+                in_delta = delta is not None and delta.in_delta
+                if not in_delta and str(month) not in present and state is None:
                     continue
-                inputs = MonthInputs(month_files, SyncAnchor.of(state), str(month) in present)
+                inputs = MonthInputs(delta, SyncAnchor.of(state), str(month) in present, schema)
                 months.append(MonthMetadata(spec.name, month, inputs, state))
         conn.rollback()
-        return CycleSnapshot(now, tuple(months), frozenset(readable), frozenset(outside))
+        return CycleSnapshot(now, tuple(months), frozenset(readable), suspicious)
 
     def _observe(self, snapshot: CycleSnapshot) -> None:
         """Months that exist nowhere any more are forgotten; the others learn their metadata."""
@@ -208,6 +230,7 @@ class Reconciler:
         conn: psycopg.Connection[Any],
         check: PlannedCheck,
         reader: DeltaTableReader | None,
+        sync: SyncState | None,
         summary: CycleSummary,
     ) -> None:
         spec = self.settings.table(check.table)
@@ -220,16 +243,18 @@ class Reconciler:
         if result.status is Status.ERROR:
             self.metrics.check_failures.labels(table=spec.name).inc()
         self.months.ensure(check.key).record(result, deep=check.deep, now=time.time())
-        record_finding(self.db, conn, result)
+        record_finding(self.db, conn, result, deep=check.deep)
+        if result.reanchor is not None:
+            self._reanchor(spec, result, check)
         quiet = result.status in (Status.IN_SYNC, Status.LAGGING)
-        level = logging.DEBUG if quiet else logging.WARNING
         logger.log(
-            level,
-            "%s %s: %s %s",
+            logging.DEBUG if quiet else logging.WARNING,
+            "%s %s: %s %s (%s)",
             spec.name,
             check.year_month,
             result.status,
             result.reason,
+            check.why,
             extra={
                 "table": spec.name,
                 "year_month": str(check.year_month),
@@ -237,6 +262,32 @@ class Reconciler:
                 "run_id": summary.run_id,
             },
         )
+
+    def _reanchor(self, spec: TableSpec, result: TableCheck, check: PlannedCheck) -> None:
+        """Only the leader writes sync state; a follower leaves it to the leader. The month's
+        next inputs are the re-anchored ones: nothing to compare again for that."""
+        if not self.leader.still_leader():
+            return
+        verified_at = self.repairer.reanchor(spec, check.year_month, result)
+        state = self.months.get(check.key)
+        anchor, old = result.reanchor, result.reanchor_from
+        if verified_at is None or state is None or state.planned is None:
+            return
+        assert anchor is not None and old is not None
+        planned = state.planned
+        delta = planned.delta
+        if delta is not None:
+            delta = dataclasses.replace(
+                delta,
+                table_id=anchor.delta_table_id,
+                change=ChangeKind.UNCHANGED,
+                changed_version=None,
+            )
+        sync = SyncAnchor(
+            anchor.delta_version, old.run_id, old.synced_at, anchor.content_digest, verified_at
+        )
+        state.compared = dataclasses.replace(planned, delta=delta, sync=sync)
+        state.anchored_at = verified_at.timestamp()
 
     # -- auto-repair ---------------------------------------------------------------------
     def _auto_repair(self, now: float, stop: threading.Event) -> int:
@@ -283,6 +334,30 @@ class Reconciler:
             self.metrics.repair_failures.labels(table=spec.name).inc()
         if result.check_after is not None:
             state.record(result.check_after, deep=False, now=time.time())
+
+
+def _delta_inputs(
+    reader: DeltaTableReader, month: YearMonth, state: SyncState | None
+) -> DeltaInputs:
+    """What Delta says of a month relative to its anchor (commits are read only when the
+    month's file set differs from the anchor's, and each commit once per process)."""
+    if state is None or state.delta_version is None:
+        return DeltaInputs(
+            reader.table_id, reader.has_month(month), None, None, reader.month_fingerprint(month)
+        )
+    change = reader.month_change(
+        month, version=state.delta_version, table_id=state.delta_table_id, files=state.delta_files
+    )
+    return DeltaInputs(
+        reader.table_id, reader.has_month(month), change.kind, change.since_version, None
+    )
+
+
+def _schema_inputs(conn: psycopg.Connection[Any], spec: TableSpec, reader: DeltaTableReader) -> str:
+    """The table's columns on both sides: a schema change on either side is a change."""
+    delta = ",".join(f"{c.name}:{c.type}" for c in reader.columns())
+    postgres = ",".join(f"{name}:{kind}" for name, kind, _ in postgres_columns(conn, spec))
+    return f"{delta}|{postgres}"
 
 
 def _months_in_postgres(

@@ -30,23 +30,34 @@ class Finding:
     status: Status
     reason: str
     checked_at: dt.datetime
+    last_postgres_check_at: dt.datetime | None = None
+    last_deep_check_at: dt.datetime | None = None
 
 
-def record_finding(db: Database, conn: psycopg.Connection[Any], result: TableCheck) -> None:
-    """Upserts the month's last comparison; commits on `conn`."""
+def record_finding(
+    db: Database, conn: psycopg.Connection[Any], result: TableCheck, *, deep: bool
+) -> None:
+    """Upserts the month's last comparison; commits on `conn`. A completed check re-digested
+    Postgres (and, if deep, Delta): their clocks move; an error moves neither."""
+    completed = result.status is not Status.ERROR
     try:
         conn.rollback()
         conn.read_only = False
         conn.execute(
             sql.SQL(
-                "INSERT INTO {} (table_name, year_month, status, reason, checked_at,"
-                " delta_version, synced_version, delta_rows, postgres_rows, lag_seconds)"
-                " VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s, %s)"
+                "INSERT INTO {} AS m (table_name, year_month, status, reason, checked_at,"
+                " delta_version, synced_version, delta_rows, postgres_rows, lag_seconds,"
+                " last_postgres_check_at, last_deep_check_at)"
+                " VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s, %s,"
+                " CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END)"
                 " ON CONFLICT (table_name, year_month) DO UPDATE SET status = EXCLUDED.status,"
                 " reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at,"
                 " delta_version = EXCLUDED.delta_version,"
                 " synced_version = EXCLUDED.synced_version, delta_rows = EXCLUDED.delta_rows,"
-                " postgres_rows = EXCLUDED.postgres_rows, lag_seconds = EXCLUDED.lag_seconds"
+                " postgres_rows = EXCLUDED.postgres_rows, lag_seconds = EXCLUDED.lag_seconds,"
+                " last_postgres_check_at ="
+                " coalesce(EXCLUDED.last_postgres_check_at, m.last_postgres_check_at),"
+                " last_deep_check_at = coalesce(EXCLUDED.last_deep_check_at, m.last_deep_check_at)"
             ).format(MONTH_CHECK),
             (
                 result.table,
@@ -58,6 +69,8 @@ def record_finding(db: Database, conn: psycopg.Connection[Any], result: TableChe
                 result.delta_rows,
                 result.postgres_rows,
                 result.lag_seconds,
+                completed,
+                completed and deep,
             ),
         )
         conn.commit()
@@ -74,12 +87,10 @@ def record_finding(db: Database, conn: psycopg.Connection[Any], result: TableChe
 def read_findings(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], Finding]:
     """Every recorded finding, by (table, month)."""
     rows = conn.execute(
-        sql.SQL("SELECT table_name, year_month, status, reason, checked_at FROM {}").format(
-            MONTH_CHECK
-        ),
+        sql.SQL(
+            "SELECT table_name, year_month, status, reason, checked_at, last_postgres_check_at,"
+            " last_deep_check_at FROM {}"
+        ).format(MONTH_CHECK),
         binary=True,
     ).fetchall()
-    return {
-        (table, month): Finding(table, month, Status(status), reason, checked_at)
-        for table, month, status, reason, checked_at in rows
-    }
+    return {(row[0], row[1]): Finding(row[0], row[1], Status(row[2]), *row[3:]) for row in rows}

@@ -1,8 +1,9 @@
 """What the daemon knows of each month of each table, between cycles.
 
-`MonthState` holds the last comparison's outcome and the metadata it was made from (so the
-planner can tell whether anything changed since); `MonthStates` is the collection, which follows
-the configuration (a table removed on reload takes its months with it) and the retention window.
+`MonthState` holds the last comparison's outcome, the metadata it was made from (so the planner
+can tell whether anything changed since) and when the month's Postgres side and Delta side were
+last re-digested; `MonthStates` is the collection, which follows the configuration (a table
+removed on reload takes its months with it) and the retention window.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 
 from exporter.metrics import MonthView
 from reconciler.check import TableCheck
+from reconciler.findings import Finding
 from reconciler.verdict import REPAIRABLE, Status
+from replicator.delta import ChangeKind
 from replicator.syncstate import SyncState
 
 MonthKey = tuple[str, str]  # (table, YYYY-MM)
@@ -21,18 +24,37 @@ MonthKey = tuple[str, str]  # (table, YYYY-MM)
 
 @dataclass(frozen=True)
 class SyncAnchor:
-    """The parts of a sync state row that identify one sync: another sync, another anchor."""
+    """The parts of a sync state row that identify one anchor: another sync, another anchor."""
 
     delta_version: int | None
     run_id: str | None
     synced_at: dt.datetime | None
     content_digest: str | None
+    verified_at: dt.datetime | None = None
 
     @classmethod
     def of(cls, state: SyncState | None) -> SyncAnchor | None:
         if state is None:
             return None
-        return cls(state.delta_version, state.run_id, state.synced_at, state.content_digest)
+        return cls(
+            state.delta_version,
+            state.run_id,
+            state.synced_at,
+            state.content_digest,
+            state.verified_at,
+        )
+
+
+@dataclass(frozen=True)
+class DeltaInputs:
+    """What Delta says of the month, relative to its anchor, from the log alone. An OPTIMIZE
+    changes none of it; a data change, a recreated table or a cleaned-up log does."""
+
+    table_id: str
+    in_delta: bool
+    change: ChangeKind | None  # None: the month has no anchor
+    changed_version: int | None
+    files: str | None  # the month's file-set fingerprint, for months without an anchor only
 
 
 @dataclass(frozen=True)
@@ -40,9 +62,10 @@ class MonthInputs:
     """What a month's comparison depends on, read from metadata only: if none of it changed,
     comparing again would give the same answer."""
 
-    delta_files: tuple[str, ...] | None  # None: the Delta table could not be read
+    delta: DeltaInputs | None  # None: the Delta table could not be read
     sync: SyncAnchor | None
     in_postgres: bool
+    schema: str = ""  # the table's columns on both sides
 
 
 @dataclass
@@ -59,7 +82,12 @@ class MonthState:
     pending_since: float | None = None  # oldest Delta commit Postgres lacks, for the lag
     last_sync_timestamp: float | None = None
     last_check_timestamp: float | None = None
-    last_deep_check: float = 0.0
+    last_check_duration: float | None = None
+    # When Postgres was last re-digested against the anchor, and Delta last recomputed (epoch
+    # seconds; None: never). Persisted in `ranking.month_check`, so they survive restarts.
+    last_postgres_check: float | None = None
+    last_deep_check: float | None = None
+    anchored_at: float | None = None  # the anchor's time: a sync digests what it reads from Delta
     replication_failures: int = 0
     compared: MonthInputs | None = None  # what the last completed comparison saw
     planned: MonthInputs | None = None  # what this cycle's plan saw
@@ -68,6 +96,12 @@ class MonthState:
     @property
     def key(self) -> MonthKey:
         return (self.table, self.year_month)
+
+    @property
+    def delta_checked_at(self) -> float | None:
+        """The last time the month's Delta side was digested: a deep check, or the sync."""
+        times = [t for t in (self.last_deep_check, self.anchored_at) if t is not None]
+        return max(times) if times else None
 
     def view(self) -> MonthView:
         return MonthView(
@@ -88,9 +122,18 @@ class MonthState:
             self.replication_failures = sync.consecutive_failures
             if sync.synced_at is not None:
                 self.last_sync_timestamp = sync.synced_at.timestamp()
+            anchored = sync.verified_at or sync.synced_at
+            self.anchored_at = anchored.timestamp() if anchored is not None else None
         if self.pending_since is not None:
             self.lag_seconds = max(0.0, now - self.pending_since)
         self.planned = inputs
+
+    def remember(self, finding: Finding) -> None:
+        """What an earlier process recorded: the clocks of the periodic checks."""
+        if finding.last_postgres_check_at is not None:
+            self.last_postgres_check = finding.last_postgres_check_at.timestamp()
+        if finding.last_deep_check_at is not None:
+            self.last_deep_check = finding.last_deep_check_at.timestamp()
 
     def record(self, result: TableCheck, *, deep: bool, now: float) -> None:
         """The outcome of a completed comparison (its inputs are the ones planned)."""
@@ -103,12 +146,14 @@ class MonthState:
         self.lag_seconds = result.lag_seconds
         self.pending_since = now - result.lag_seconds if result.lag_seconds > 0 else None
         self.last_check_timestamp = now
+        self.last_check_duration = result.duration_seconds
         if result.last_sync_timestamp is not None:
             self.last_sync_timestamp = result.last_sync_timestamp
         self.replication_failures = result.consecutive_failures
-        # The deep re-check clock starts at the first comparison of this process.
-        if (deep and result.status is not Status.ERROR) or not self.last_deep_check:
-            self.last_deep_check = now
+        if result.status is not Status.ERROR:
+            self.last_postgres_check = now
+            if deep:
+                self.last_deep_check = now
         self.compared = self.planned
 
 

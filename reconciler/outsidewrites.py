@@ -1,14 +1,27 @@
-"""Noticing writes that bypass the replicator, from Postgres's table statistics alone.
+"""Noticing that a table's Postgres side may have changed without any metadata showing it.
 
-Every write by the replicator shows in sync state (the month's old rows deleted, its new rows
-inserted); a table whose row-change counters moved by more than that was written around it, so
-its months must be compared again even though no metadata of theirs changed.
+The cheap signal: every write by the replicator shows in sync state (the month's old rows
+deleted, its new rows inserted), so a table whose row-change counters (`pg_stat_user_tables`)
+moved by more than that was written around it. The signal rests on assumptions, checked every
+cycle; when one fails, the table's months are compared again instead of assumed unchanged:
+
+* the statistics were not reset (`pg_stat_database.stats_reset`, counters never go backwards;
+  crash recovery resets them too);
+* the table was not rewritten (`ALTER ... TYPE`, `VACUUM FULL`, `CLUSTER`: a new relfilenode);
+* `track_counts` is on;
+* it is the same server (system identifier where readable, and postmaster start time: a restart
+  or a failover).
+
+A session can still silence the statistics (`SET track_counts = off` as a superuser), which no
+check here can see: the planner's periodic Postgres re-digest is the bound behind this signal.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -19,43 +32,118 @@ from replicator.syncstate import SyncState
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ServerFacts:
+    system_identifier: str | None  # None: pg_control_system() is not readable by this role
+    started_at: dt.datetime
+    stats_reset: dt.datetime | None
+    track_counts: bool
+
+
+@dataclass(frozen=True)
+class TableStats:
+    changes: int  # n_tup_ins + n_tup_upd + n_tup_del
+    filenode: int | None
+
+
+def read_server(conn: psycopg.Connection[Any]) -> ServerFacts:
+    row = conn.execute(
+        "SELECT pg_catalog.pg_postmaster_start_time(),"
+        " (SELECT stats_reset FROM pg_catalog.pg_stat_database"
+        "  WHERE datname = pg_catalog.current_database()),"
+        " pg_catalog.current_setting('track_counts')::boolean",
+        binary=True,
+    ).fetchone()
+    assert row is not None
+    identifier: str | None = None
+    try:
+        with conn.transaction():
+            found = conn.execute("SELECT system_identifier FROM pg_catalog.pg_control_system()")
+            identity = found.fetchone()
+            identifier = str(identity[0]) if identity else None
+    except psycopg.errors.InsufficientPrivilege:
+        identifier = None
+    return ServerFacts(identifier, row[0], row[1], bool(row[2]))
+
+
+def read_table(conn: psycopg.Connection[Any], spec: TableSpec) -> TableStats:
+    row = conn.execute(
+        "SELECT coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del"
+        "  FROM pg_catalog.pg_stat_user_tables WHERE relid = c.oid), 0),"
+        " pg_catalog.pg_relation_filenode(c.oid)"
+        " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        (spec.postgres_schema, spec.postgres_table),
+    ).fetchone()
+    if row is None:
+        return TableStats(0, None)
+    return TableStats(int(row[0]), None if row[1] is None else int(row[1]))
+
+
 class OutsideWriteDetector:
-    """Remembers each table's counters and the sync states seen at the previous cycle."""
+    """Remembers the server, each table's counters and filenode, and the sync states seen at
+    the previous cycle."""
 
     def __init__(self) -> None:
-        self._counters: dict[str, int] = {}
+        self._server: ServerFacts | None = None
+        self._tables: dict[str, TableStats] = {}
         self._sync_seen: dict[tuple[str, str], SyncState] = {}
 
-    def tables_written_outside(
+    def suspicious_tables(
         self,
         conn: psycopg.Connection[Any],
         tables: Iterable[TableSpec],
         states: dict[tuple[str, str], SyncState],
-    ) -> set[str]:
-        """The tables whose counters moved more than the replicator's own writes explain."""
-        suspicious: set[str] = set()
-        for spec in tables:
-            row = conn.execute(
-                "SELECT coalesce(n_tup_ins + n_tup_upd + n_tup_del, 0)"
-                " FROM pg_catalog.pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
-                (spec.postgres_schema, spec.postgres_table),
-            ).fetchone()
-            counter = int(row[0]) if row else 0
-            explained = 0
-            for key, state in states.items():
-                if key[0] != spec.name:
-                    continue
-                seen = self._sync_seen.get(key)
-                if seen is None or (seen.run_id, seen.synced_at) != (state.run_id, state.synced_at):
-                    explained += (seen.row_count or 0 if seen else 0) + (state.row_count or 0)
-            previous = self._counters.get(spec.name)
-            if previous is not None and counter - previous > explained:
-                logger.warning(
-                    "table %s was written outside the replicator: re-checking its months",
-                    spec.name,
-                    extra={"table": spec.name},
-                )
-                suspicious.add(spec.name)
-            self._counters[spec.name] = counter
+    ) -> dict[str, str]:
+        """The tables whose months must be compared again, each with the reason."""
+        specs = list(tables)
+        server = read_server(conn)
+        everything = self._server_reason(server)
+        suspicious: dict[str, str] = {}
+        for spec in specs:
+            stats = read_table(conn, spec)
+            reason = everything or self._table_reason(spec, stats, states)
+            if reason is not None:
+                suspicious[spec.name] = reason
+            self._tables[spec.name] = stats
+        for name, reason in sorted(suspicious.items()):
+            logger.warning("re-checking every month of %s: %s", name, reason, extra={"table": name})
+        self._server = server
         self._sync_seen = dict(states)
         return suspicious
+
+    def _server_reason(self, server: ServerFacts) -> str | None:
+        if not server.track_counts:
+            return "track_counts is off, so writes around the replicator cannot be seen"
+        previous = self._server
+        if previous is None:
+            return None
+        if (previous.system_identifier, previous.started_at) != (
+            server.system_identifier,
+            server.started_at,
+        ):
+            return "Postgres restarted or failed over (its statistics may have been lost)"
+        if previous.stats_reset != server.stats_reset:
+            return "the database's statistics were reset"
+        return None
+
+    def _table_reason(
+        self, spec: TableSpec, stats: TableStats, states: dict[tuple[str, str], SyncState]
+    ) -> str | None:
+        previous = self._tables.get(spec.name)
+        if previous is None:
+            return None
+        if stats.filenode != previous.filenode:
+            return "the table was rewritten (ALTER TABLE, VACUUM FULL, CLUSTER or TRUNCATE)"
+        if stats.changes < previous.changes:
+            return "the table's statistics counters went backwards (a reset)"
+        explained = 0
+        for key, state in states.items():
+            if key[0] != spec.name:
+                continue
+            seen = self._sync_seen.get(key)
+            if seen is None or (seen.run_id, seen.synced_at) != (state.run_id, state.synced_at):
+                explained += (seen.row_count or 0 if seen else 0) + (state.row_count or 0)
+        if stats.changes - previous.changes > explained:
+            return "the table was written outside the replicator"
+        return None

@@ -1,16 +1,23 @@
 """What to compare this cycle: a pure function of a typed snapshot of metadata.
 
-The cycle reads the metadata (Delta files per month, sync state, months present in Postgres,
-tables written around the replicator) into a `CycleSnapshot`; `plan` decides from it and from
-what is known of each month which months need a full comparison, newest first, and which of
-them are due for the rolling deep re-check. Nothing here reads a database.
+The cycle reads the metadata (what Delta did to each month since its anchor, sync state, months
+present in Postgres, tables whose Postgres side may have changed unseen) into a `CycleSnapshot`;
+`plan` decides from it and from what is known of each month:
+
+* months whose inputs changed, are new, in error, or belong to a table the Postgres watch no
+  longer vouches for: compared now, newest first;
+* the periodic bounds behind the cheap signals: every month's Postgres side re-digested against
+  its anchor once per `postgres_check_period_seconds`, and its Delta side recomputed once per
+  `deep_check_period_seconds`, a few months per cycle (most overdue first) so the load is flat.
+
+Nothing here reads a database.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from reconciler.monthstate import MonthInputs, MonthKey, MonthState
 from reconciler.verdict import Status
@@ -39,7 +46,9 @@ class CycleSnapshot:
     now: float
     months: tuple[MonthMetadata, ...]  # every month in the window that exists anywhere
     readable_tables: frozenset[str]  # tables whose Delta table could be read this cycle
-    written_outside: frozenset[str]  # tables written around the replicator since last cycle
+    # Tables whose Postgres side may have changed without any metadata showing it, and why
+    # (written around the replicator, rewritten, statistics reset, failover, ...).
+    suspicious: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,64 +56,98 @@ class PlannedCheck:
     table: str
     year_month: YearMonth
     deep: bool = False
+    why: str = "changed"
 
     @property
     def key(self) -> MonthKey:
         return (self.table, str(self.year_month))
 
 
-def needs_comparison(
+@dataclass(frozen=True)
+class Periods:
+    interval_seconds: float
+    postgres_check_period_seconds: float
+    deep_check_period_seconds: float
+
+
+def why_compare(
     meta: MonthMetadata, known: MonthState | None, snapshot: CycleSnapshot
-) -> bool:
-    """A month is compared when it is new, in error (possibly transient), was written around
-    the replicator, or when any of its inputs changed since its last comparison."""
+) -> str | None:
+    """Why the month must be compared this cycle, or None when nothing says so."""
     if meta.table not in snapshot.readable_tables:
-        return False  # without Delta nothing can be compared; the last status stands
-    if known is None or known.status in (Status.UNKNOWN, Status.ERROR):
-        return True
-    return meta.table in snapshot.written_outside or meta.inputs != known.compared
+        return None  # without Delta nothing can be compared; the last status stands
+    if known is None or known.status is Status.UNKNOWN:
+        return "not compared yet"
+    if known.status is Status.ERROR:
+        return "retrying an error"  # the failed read may have been transient
+    if meta.table in snapshot.suspicious:
+        return snapshot.suspicious[meta.table]
+    if meta.inputs != known.compared:
+        return "changed"
+    return None
 
 
 def plan(
-    snapshot: CycleSnapshot,
-    known: Mapping[MonthKey, MonthState],
-    *,
-    interval_seconds: float,
-    deep_check_period_seconds: float,
+    snapshot: CycleSnapshot, known: Mapping[MonthKey, MonthState], periods: Periods
 ) -> list[PlannedCheck]:
-    """The comparisons of this cycle: changed months newest first, then the due deep checks."""
-    todo = [
-        PlannedCheck(meta.table, meta.year_month)
-        for meta in snapshot.months
-        if needs_comparison(meta, known.get(meta.key), snapshot)
-    ]
+    """The comparisons of this cycle: changed months newest first, then the periodic ones."""
+    todo = []
+    for meta in snapshot.months:
+        why = why_compare(meta, known.get(meta.key), snapshot)
+        if why is not None:
+            todo.append(PlannedCheck(meta.table, meta.year_month, why=why))
     todo.sort(key=lambda check: str(check.year_month), reverse=True)
-    return _with_deep_checks(todo, known, snapshot.now, interval_seconds, deep_check_period_seconds)
+    comparable = {
+        meta.key: known[meta.key]
+        for meta in snapshot.months
+        if meta.key in known
+        and meta.table in snapshot.readable_tables
+        and known[meta.key].status is not Status.UNKNOWN
+        and meta.sync is not None
+    }
+    _add_due(
+        todo,
+        comparable,
+        snapshot.now,
+        periods.interval_seconds,
+        periods.postgres_check_period_seconds,
+        lambda s: s.last_postgres_check,
+        deep=False,
+    )
+    _add_due(
+        todo,
+        comparable,
+        snapshot.now,
+        periods.interval_seconds,
+        periods.deep_check_period_seconds,
+        lambda s: s.delta_checked_at,
+        deep=True,
+    )
+    return todo
 
 
-def _with_deep_checks(
+def _add_due(
     todo: list[PlannedCheck],
-    known: Mapping[MonthKey, MonthState],
+    months: Mapping[MonthKey, MonthState],
     now: float,
     interval: float,
     period: float,
-) -> list[PlannedCheck]:
-    """Adds the rolling deep re-check: the months whose Delta digest was recomputed longest
-    ago, a few per cycle, so that every month gets one per `period`."""
+    last: Callable[[MonthState], float | None],
+    *,
+    deep: bool,
+) -> None:
+    """Adds the months whose last check of this kind is older than `period`: at most a share
+    of them per cycle (every month once per period), the most overdue first."""
     due = sorted(
-        (
-            state
-            for state in known.values()
-            if state.status is not Status.UNKNOWN and now - state.last_deep_check >= period
-        ),
-        key=lambda s: s.last_deep_check,
+        (s for s in months.values() if now - (last(s) or 0.0) >= period),
+        key=lambda s: last(s) or 0.0,
     )
-    budget = max(1, math.ceil(len(known) * interval / period))
+    budget = max(1, math.ceil(len(months) * interval / period))
     planned = {check.key: i for i, check in enumerate(todo)}
+    why = "deep check due" if deep else "Postgres re-check due"
     for state in due[:budget]:
-        deep = PlannedCheck(state.table, YearMonth.parse(state.year_month), deep=True)
-        if state.key in planned:
-            todo[planned[state.key]] = deep
-        else:
-            todo.append(deep)
-    return todo
+        check = PlannedCheck(state.table, YearMonth.parse(state.year_month), deep=deep, why=why)
+        if state.key not in planned:
+            todo.append(check)
+        elif deep and not todo[planned[state.key]].deep:
+            todo[planned[state.key]] = check

@@ -5,6 +5,7 @@ and leave an audit row whatever happens.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from reconciler.verdict import Status
 from replicator.config import Settings, TableSpec
 from replicator.errors import ReplicationError
 from replicator.postgres import Database
+from replicator.syncstate import reanchor
 from replicator.writer import MonthWriter, new_run_id
 from replicator.yearmonth import YearMonth
 
@@ -29,7 +31,7 @@ AUDIT = sql.Identifier("ranking", "repair_audit")
 class RepairResult:
     table: str
     year_month: str
-    outcome: str  # repaired | failed | skipped | dry_run
+    outcome: str  # repaired | reanchored | failed | skipped | dry_run
     status_before: Status
     status_after: Status | None = None
     delta_version: int | None = None
@@ -40,7 +42,7 @@ class RepairResult:
 
     @property
     def succeeded(self) -> bool:
-        return self.outcome in ("repaired", "skipped", "dry_run")
+        return self.outcome in ("repaired", "reanchored", "skipped", "dry_run")
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "check_after"}
@@ -81,6 +83,18 @@ class Repairer:
         )
         log = {"table": spec.name, "year_month": str(year_month), "run_id": run_id}
         if before.status is Status.IN_SYNC and not force:
+            if (
+                before.reanchor is not None
+                and not dry_run
+                and self.reanchor(spec, year_month, before)
+            ):
+                result.outcome = "reanchored"
+                result.delta_version = before.reanchor.delta_version
+                result.message = (
+                    f"already in sync; sync state re-anchored to Delta version "
+                    f"{before.reanchor.delta_version} ({before.reason})"
+                )
+                return result
             result.message = "already in sync (use --force to rewrite it anyway)"
             return result
         if before.status is Status.ERROR:
@@ -126,6 +140,70 @@ class Repairer:
             extra=log,
         )
         return result
+
+    def reanchor(
+        self, spec: TableSpec, year_month: YearMonth, check: TableCheck
+    ) -> dt.datetime | None:
+        """Records the new anchor a check proved (see `TableCheck.reanchor`), audited like a
+        repair; returns its `verified_at`, or None when a writer got there first (its own
+        record then stands)."""
+        anchor, state = check.reanchor, check.reanchor_from
+        if anchor is None or state is None:
+            return None
+        log = {"table": spec.name, "year_month": str(year_month)}
+        try:
+            with self.db.connect() as conn:
+                verified_at = reanchor(conn, spec, state, anchor)
+                if verified_at is None:
+                    logger.info(
+                        "re-anchoring %s %s skipped: a writer got there first",
+                        spec.name,
+                        year_month,
+                        extra=log,
+                    )
+                    return None
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (actor, table_name, year_month, delta_version,"
+                        " status_before, rows_before, digest_before, rows_after, digest_after,"
+                        " delta_digest, outcome, message, run_id)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'reanchored', %s, %s)"
+                    ).format(AUDIT),
+                    (
+                        self.actor,
+                        spec.name,
+                        str(year_month),
+                        anchor.delta_version,
+                        str(check.status),
+                        state.row_count,
+                        state.content_digest,
+                        anchor.row_count,
+                        anchor.content_digest,
+                        anchor.content_digest,
+                        check.reason[:2000],
+                        new_run_id(),
+                    ),
+                )
+                conn.commit()
+        except (ReplicationError, psycopg.Error) as exc:
+            logger.error(
+                "could not re-anchor %s %s: %s",
+                spec.name,
+                year_month,
+                self.db.scrub(str(exc)),
+                extra=log,
+            )
+            return None
+        logger.info(
+            "re-anchored %s %s to Delta version %s by %s: %s",
+            spec.name,
+            year_month,
+            anchor.delta_version,
+            self.actor,
+            check.reason,
+            extra=log,
+        )
+        return verified_at
 
     def _audit(self, result: RepairResult, before: TableCheck, after: TableCheck) -> None:
         try:

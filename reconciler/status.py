@@ -118,7 +118,12 @@ def build_status(db: Database, settings: Settings) -> StatusReport:
                     entry.status = Status.UNKNOWN
                     entry.reason = "synced again since the last check"
             if reader is not None and state is not None and state.delta_version is not None:
-                change = reader.change_since(state.delta_version, YearMonth.parse(month))
+                change = reader.month_change(
+                    YearMonth.parse(month),
+                    version=state.delta_version,
+                    table_id=state.delta_table_id,
+                    files=state.delta_files,
+                )
                 entry.delta_changed_since_sync = change.changed
                 entry.lag_seconds = change.lag_seconds()
             report.months.append(entry)

@@ -1,8 +1,11 @@
 """The verdict on one month of one table: its `Status`, decided by a pure `classify(facts)`.
 
-`check` gathers the facts (sync state, what Delta did since the sync, counts and digests of the
-sides it needed); `classify` alone decides what they mean, so every status and every rule that
-chooses between two of them is in one function with table-driven tests.
+`check` gathers the facts: sync state (the anchor), what Delta did to the month since the
+anchor (by the Delta protocol: unchanged, changed, or unknown when the commits cannot be read)
+and the counts of up to three contents — what the sync vouched for, what Postgres holds now,
+what Delta holds now. `classify` decides from them; when counts alone cannot decide it raises
+`Undecided` naming the digests it needs, `check` computes just those and asks again. So every
+rule that chooses between two statuses is in this file, with table-driven tests.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from replicator.delta import ChangeKind
 
 
 class Status(enum.StrEnum):
@@ -62,52 +67,82 @@ def worst(statuses: Iterable[Status]) -> Status:
 
 @dataclass(frozen=True)
 class Digest:
-    """A month digest as compared: row count and printed digest (None: not computed)."""
+    """One content of the month: its row count, and its digest once computed."""
 
     rows: int
-    text: str | None = None
+    text: str | None = None  # None: only the count is known yet
+
+
+class Evidence(enum.Enum):
+    POSTGRES = "postgres"  # what Postgres holds now
+    AS_SYNCED = "as_synced"  # what the sync vouched for (recorded, or Delta at that version)
+    DELTA_NOW = "delta_now"  # what the latest Delta snapshot holds
+
+
+class Undecided(Exception):
+    """`classify` cannot decide from counts alone: it needs these digests."""
+
+    def __init__(self, needed: frozenset[Evidence]) -> None:
+        super().__init__(", ".join(sorted(e.value for e in needed)))
+        self.needed = needed
 
 
 @dataclass(frozen=True)
 class MonthFacts:
     """Everything `classify` needs about one month of one table."""
 
-    in_delta: bool  # the latest snapshot has the month
+    in_delta: bool  # the latest snapshot has rows of the month
     postgres_rows: int
-    synced_version: int | None  # Delta version sync state says Postgres holds (None: never)
+    synced_version: int | None  # Delta version the sync anchored (None: never synced)
     latest_version: int  # the latest Delta version read
-    delta_changed: bool  # the month differs between the synced version and the latest
+    change: ChangeKind  # what Delta did to the month's data since the anchor
     in_flight: bool  # a writer holds the month's lock right now
-    expected: Digest | None = None  # what Postgres should hold (recorded, or Delta recomputed)
-    postgres: Digest | None = None  # what it holds (None: not computed, counts decided)
+    sync_ahead: bool = False  # the anchor names a version newer than this table's latest
+    change_reason: str = ""
+    postgres: Digest | None = None  # Postgres now, under the current columns
+    # Postgres now under the columns of the sync, when they differ from today's (a column was
+    # added or renamed since); compared with `as_synced` instead of `postgres`.
+    postgres_as_synced: Digest | None = None
+    as_synced: Digest | None = None  # None: nothing comparable to the sync is known
+    delta_now: Digest | None = None
+    schema_changed: bool = False  # the sync's digest was computed under other columns
 
 
 @dataclass(frozen=True)
 class Verdict:
     status: Status
     reason: str = ""
+    # Postgres was proven equal to the latest Delta snapshot's month: sync state may be
+    # re-anchored to it (see docs/hash-contract.md, "Re-anchoring").
+    verified: bool = False
+
+
+def same(a: Digest | None, b: Digest | None) -> bool | None:
+    """Whether two contents are equal; None when that needs a digest not computed yet."""
+    if a is None or b is None:
+        return None
+    if a.rows != b.rows:
+        return False
+    if a.text is None or b.text is None:
+        return None
+    return a.text == b.text
 
 
 def needs_content(facts: MonthFacts) -> bool:
     """Whether the verdict depends on the month's content (counts, then digests)."""
     return (
         facts.synced_version is not None
-        and facts.synced_version <= facts.latest_version
+        and not facts.sync_ahead
         and (facts.in_delta or facts.postgres_rows == 0)
     )
 
 
-def with_content(
-    facts: MonthFacts, *, expected: Digest, postgres: Digest | None = None
-) -> MonthFacts:
-    return dataclasses.replace(facts, expected=expected, postgres=postgres)
-
-
 def classify(facts: MonthFacts) -> Verdict:
-    """The status of a month from its facts (see `MonthFacts`)."""
+    """The status of a month from its facts (see `MonthFacts`); `Undecided` when counts
+    cannot decide and digests are needed."""
     if facts.synced_version is None:
         return _never_synced(facts)
-    if facts.synced_version > facts.latest_version:
+    if facts.sync_ahead:
         return Verdict(
             Status.ERROR,
             f"sync state claims Delta version {facts.synced_version}, but the table's latest "
@@ -115,16 +150,84 @@ def classify(facts: MonthFacts) -> Verdict:
         )
     if not facts.in_delta and facts.postgres_rows > 0:
         return Verdict(Status.ORPHANED, f"month absent from Delta version {facts.latest_version}")
-    content = _compare_content(facts)
-    if content.status is not Status.IN_SYNC:
-        return content
-    if facts.delta_changed:
+    held = facts.postgres_as_synced if facts.schema_changed else facts.postgres
+    as_synced = same(held, facts.as_synced)
+    as_now = same(facts.postgres, facts.delta_now)
+    if facts.change is ChangeKind.UNCHANGED:
+        return _unchanged(facts, as_synced, as_now)
+    if facts.change is ChangeKind.CHANGED:
+        if as_synced:
+            return Verdict(Status.LAGGING, facts.change_reason or "Delta changed the month")
+        if as_synced is None and facts.as_synced is not None:
+            raise Undecided(frozenset({Evidence.POSTGRES, Evidence.AS_SYNCED}))
+        return _against_now(facts, as_now)
+    # UNKNOWN: the commits since the sync cannot be read. Three digests decide, no guess.
+    if as_now is None:
+        raise Undecided(frozenset({Evidence.POSTGRES, Evidence.DELTA_NOW}))
+    if as_now:
+        return _verified(facts)
+    if as_synced is None and facts.as_synced is not None:
+        raise Undecided(frozenset({Evidence.POSTGRES, Evidence.AS_SYNCED}))
+    if as_synced:
         return Verdict(
-            Status.LAGGING, f"Delta changed the month after version {facts.synced_version}"
+            Status.LAGGING,
+            f"{facts.change_reason}; Postgres holds the month as synced at version "
+            f"{facts.synced_version}, Delta's latest differs",
         )
+    return _drift(facts, facts.delta_now, "the latest Delta version")
+
+
+def _unchanged(facts: MonthFacts, as_synced: bool | None, as_now: bool | None) -> Verdict:
+    """Delta's data is what was synced: Postgres must equal it, by either digest."""
+    if facts.schema_changed or facts.as_synced is None:
+        # Never compared against a digest recorded under other columns: recompute.
+        if as_now is None:
+            raise Undecided(frozenset({Evidence.POSTGRES, Evidence.DELTA_NOW}))
+        if not as_now:
+            return _drift(facts, facts.delta_now, f"Delta version {facts.latest_version}")
+        if facts.in_flight:
+            return Verdict(Status.LAGGING, "replication in flight")
+        return _verified(facts)
+    decided = as_now if as_now is not None else as_synced
+    if decided is None:
+        raise Undecided(frozenset({Evidence.POSTGRES, Evidence.AS_SYNCED}))
+    if not decided:
+        expected = facts.delta_now if as_now is not None else facts.as_synced
+        return _drift(facts, expected, f"Delta version {facts.synced_version}")
     if facts.in_flight:
         return Verdict(Status.LAGGING, "replication in flight")
-    return content
+    return Verdict(Status.IN_SYNC, verified=as_now is True)
+
+
+def _against_now(facts: MonthFacts, as_now: bool | None) -> Verdict:
+    """Delta moved on and Postgres does not hold what was synced: is it the new content?"""
+    if as_now is None:
+        raise Undecided(frozenset({Evidence.POSTGRES, Evidence.DELTA_NOW}))
+    if as_now:
+        return _verified(facts)
+    return _drift(
+        facts, facts.as_synced or facts.delta_now, f"Delta version {facts.synced_version}"
+    )
+
+
+def _verified(facts: MonthFacts) -> Verdict:
+    reason = f"verified against Delta version {facts.latest_version}"
+    if facts.change_reason:
+        reason = f"{facts.change_reason}; {reason}"
+    return Verdict(Status.IN_SYNC, reason, verified=True)
+
+
+def _drift(facts: MonthFacts, expected: Digest | None, what: str) -> Verdict:
+    held = (
+        facts.postgres_as_synced
+        if facts.schema_changed and expected is facts.as_synced
+        else facts.postgres
+    )
+    if expected is not None and held is not None and expected.rows != held.rows:
+        return Verdict(
+            Status.DRIFT, f"row counts differ: {what} has {expected.rows}, Postgres has {held.rows}"
+        )
+    return Verdict(Status.DRIFT, f"row hashes differ from {what}")
 
 
 def _never_synced(facts: MonthFacts) -> Verdict:
@@ -139,19 +242,5 @@ def _never_synced(facts: MonthFacts) -> Verdict:
     return Verdict(Status.DRIFT, "rows in Postgres without a sync record")
 
 
-def _compare_content(facts: MonthFacts) -> Verdict:
-    """Counts first, then digests: Postgres against what it should hold."""
-    expected, actual = facts.expected, facts.postgres
-    if expected is None:
-        raise ValueError("classify needs the expected content of a synced month")
-    if expected.rows != facts.postgres_rows:
-        return Verdict(
-            Status.DRIFT,
-            f"row counts differ: Delta version {facts.synced_version} has "
-            f"{expected.rows}, Postgres has {facts.postgres_rows}",
-        )
-    if actual is None or expected.text is None or actual.text is None:
-        raise ValueError("equal counts: classify needs both digests")
-    if expected.text != actual.text:
-        return Verdict(Status.DRIFT, f"row hashes differ from Delta version {facts.synced_version}")
-    return Verdict(Status.IN_SYNC)
+def with_digests(facts: MonthFacts, **digests: Digest | None) -> MonthFacts:
+    return dataclasses.replace(facts, **digests)  # type: ignore[arg-type]

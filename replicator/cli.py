@@ -12,6 +12,7 @@ from replicator.options import (
     EXIT_FINDING,
     EXIT_OK,
     YEAR_MONTH,
+    Commands,
     build_settings,
     configure_logging,
     emit_json,
@@ -26,7 +27,7 @@ from replicator.yearmonth import YearMonth
 logger = logging.getLogger(__name__)
 
 
-@click.group()
+@click.group(cls=Commands)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--json-logs", is_flag=True, help="Log one JSON object per line on stderr.")
 def main(verbose: bool, json_logs: bool) -> None:

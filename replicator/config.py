@@ -145,6 +145,7 @@ class DaemonSettings:
     interval_seconds: float = checked(60.0, positive)
     retention_months: int = checked(36, positive)
     deep_check_period_seconds: float = checked(6 * 3600.0, positive)
+    postgres_check_period_seconds: float = checked(15 * 60.0, positive)
     metrics_addr: str = checked("127.0.0.1:9187", host_port)
     leader_lease_seconds: float = checked(30.0, positive)
     tls_cert_file: str | None = None

@@ -71,6 +71,26 @@ def build_settings(dsn: str | None, delta_root: str | None, config_path: str | N
         fail(str(exc))
 
 
+class Commands(click.Group):
+    """A command group whose every failure ends in one line and exit code 2 (1 is kept for
+    findings): a traceback is printed only with -v."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except ReplicationError as exc:
+            fail(str(exc), exit_code_for(exc))
+        except Exception as exc:  # a bug or an unforeseen failure: still one line, exit 2
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                logging.getLogger(__name__).exception("unexpected failure")
+            fail(
+                f"unexpected {type(exc).__name__}: {scrub_any(' '.join(str(exc).split()))}"
+                " (run with -v for the traceback)"
+            )
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)

@@ -19,7 +19,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 
 from replicator.config import Settings
-from replicator.errors import PostgresError
+from replicator.errors import InputError, PostgresError
 from replicator.secrets import Dsn
 
 logger = logging.getLogger(__name__)
@@ -57,18 +57,26 @@ class Database:
         return replace(self, application_name=application_name)
 
     def conninfo(self) -> str:
-        """The libpq connection string, for drivers only; never log it."""
+        """The libpq connection string, for drivers only; never log it. Text travels as UTF-8
+        whatever `client_encoding` the DSN asks for: the hash contract hashes UTF-8 bytes."""
         return self.dsn.conninfo(
             application_name=self.application_name,
             connect_timeout=self.connect_timeout,
             options=SAFE_OPTIONS,
+            client_encoding="UTF8",
         )
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self.conninfo(), autocommit=autocommit)
+            conn = psycopg.connect(self.conninfo(), autocommit=autocommit)
         except psycopg.Error as exc:
             raise self.translate(exc, f"cannot connect to Postgres at {self.target}") from None
+        try:
+            self._require_utf8(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def connect_adbc(self) -> Any:
         """An ADBC connection (binary COPY of Arrow batches); the caller closes it."""
@@ -76,6 +84,20 @@ class Database:
             return adbc.connect(self.conninfo())
         except adbc_driver_manager.Error as exc:
             raise self.translate(exc, f"cannot connect to Postgres at {self.target}") from None
+
+    def _require_utf8(self, conn: psycopg.Connection[Any]) -> None:
+        """A database in another encoding stores other bytes for the same text: its digests
+        could never match Delta's (UTF-8), so it is refused before anything is compared."""
+        with self.errors(f"cannot read the encoding of {self.target}"):
+            row = conn.execute("SELECT pg_catalog.current_setting('server_encoding')").fetchone()
+            if not conn.autocommit:
+                conn.rollback()
+        encoding = str(row[0]) if row else "unknown"
+        if encoding.upper() != "UTF8":
+            raise InputError(
+                f"database {self.target} uses encoding {encoding}; the serving copy must be "
+                "UTF8 (create it with ENCODING 'UTF8')"
+            )
 
     def scrub(self, text: str) -> str:
         return one_line(self.dsn.scrub(text))

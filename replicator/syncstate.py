@@ -1,9 +1,12 @@
 """`ranking.signal_sync_state` and the month lock: what Postgres holds of each (table, month).
 
-The writer records a sync in the same transaction as the rows (so sync state always describes
-what is there) and a failure in a transaction of its own; everyone else reads. The month lock is
-a transaction-scoped advisory lock that serializes writers of one (table, month); a reader of
-`pg_locks` can tell a replication in flight.
+Each row is an *anchor*: Postgres holds the month as the Delta table `delta_table_id` had it at
+`delta_version` (its logical files `delta_files`), whose rows digest to `content_digest` under the
+columns `content_schema`. The writer records a sync in the same transaction as the rows (so sync
+state always describes what is there) and a failure in a transaction of its own; the reconciler
+re-anchors a month it proved equal to a newer Delta version (`anchor = 'verified'`). The month
+lock is a transaction-scoped advisory lock that serializes writers of one (table, month); a
+reader of `pg_locks` can tell a replication in flight.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ class SyncState:
     last_failure_reason: str | None
     consecutive_failures: int
     content_digest: str | None
+    delta_table_id: str | None = None
+    delta_files: str | None = None
+    content_schema: str | None = None
+    anchor: str = "written"
+    verified_at: dt.datetime | None = None
 
     def recorded_digest(self) -> MonthDigest | None:
         """The writer's digest of what it copied, if it recorded one of this contract."""
@@ -47,8 +55,21 @@ class SyncState:
 
 _COLUMNS = sql.SQL(
     "table_name, year_month, delta_version, row_count, synced_at, run_id, last_failure_at,"
-    " last_failure_reason, consecutive_failures, content_digest"
+    " last_failure_reason, consecutive_failures, content_digest, delta_table_id, delta_files,"
+    " content_schema, anchor, verified_at"
 )
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """What a sync vouches for (see the module docstring)."""
+
+    delta_version: int
+    delta_table_id: str
+    delta_files: str
+    content_schema: str
+    content_digest: str
+    row_count: int
 
 
 def read_sync_state(conn: psycopg.Connection[Any], table: str, year_month: str) -> SyncState | None:
@@ -67,6 +88,18 @@ def read_all_sync_states(conn: psycopg.Connection[Any]) -> list[SyncState]:
         sql.SQL("SELECT {} FROM {} ORDER BY 1, 2").format(_COLUMNS, SYNC_STATE), binary=True
     ).fetchall()
     return [SyncState(*row) for row in rows]
+
+
+def recorded_schema(conn: psycopg.Connection[Any], table: str) -> str | None:
+    """The content schema of the table's most recent sync (names a renamed column's old name)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT content_schema FROM {} WHERE table_name = %s AND content_schema IS NOT NULL"
+            " ORDER BY coalesce(verified_at, synced_at) DESC NULLS LAST LIMIT 1"
+        ).format(SYNC_STATE),
+        (table,),
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def synced_run_id(conn: psycopg.Connection[Any], table: str, year_month: str) -> str | None:
@@ -92,18 +125,80 @@ def month_lock_sql(table_param: str, month_param: str) -> sql.Composed:
 
 
 HELD_VERSION = sql.SQL(
-    "SELECT delta_version FROM {} WHERE table_name = $1 AND year_month = $2 FOR UPDATE"
+    "SELECT delta_version, delta_table_id FROM {}"
+    " WHERE table_name = $1 AND year_month = $2 FOR UPDATE"
 ).format(SYNC_STATE)
 
+# $1 table, $2 month, $3 run id, then the anchor's fields in `Anchor` order ($4 to $9).
 RECORD_SYNC = sql.SQL(
-    "INSERT INTO {} AS s (table_name, year_month, delta_version, row_count,"
-    " synced_at, run_id, consecutive_failures, content_digest)"
-    " VALUES ($1, $2, $3, $4, now(), $5, 0, $6)"
+    "INSERT INTO {} AS s (table_name, year_month, run_id, delta_version, delta_table_id,"
+    " delta_files, content_schema, content_digest, row_count, synced_at, consecutive_failures,"
+    " anchor, verified_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), 0, 'written', NULL)"
     " ON CONFLICT (table_name, year_month) DO UPDATE SET"
-    " delta_version = EXCLUDED.delta_version, row_count = EXCLUDED.row_count,"
-    " synced_at = EXCLUDED.synced_at, run_id = EXCLUDED.run_id,"
-    " consecutive_failures = 0, content_digest = EXCLUDED.content_digest"
+    " run_id = EXCLUDED.run_id, delta_version = EXCLUDED.delta_version,"
+    " delta_table_id = EXCLUDED.delta_table_id, delta_files = EXCLUDED.delta_files,"
+    " content_schema = EXCLUDED.content_schema, content_digest = EXCLUDED.content_digest,"
+    " row_count = EXCLUDED.row_count, synced_at = EXCLUDED.synced_at,"
+    " consecutive_failures = 0, anchor = 'written', verified_at = NULL"
 ).format(SYNC_STATE)
+
+
+def record_sync_params(table: str, year_month: str, run_id: str, anchor: Anchor) -> tuple[Any, ...]:
+    return (
+        table,
+        year_month,
+        run_id,
+        anchor.delta_version,
+        anchor.delta_table_id,
+        anchor.delta_files,
+        anchor.content_schema,
+        anchor.content_digest,
+        anchor.row_count,
+    )
+
+
+def reanchor(
+    conn: psycopg.Connection[Any], spec: TableSpec, state: SyncState, anchor: Anchor
+) -> dt.datetime | None:
+    """Moves a month's anchor to a newer Delta identity that the caller proved Postgres holds;
+    commits on `conn` and returns the new `verified_at`. None (and nothing written) when a
+    writer holds the month or synced it since `state` was read: its own record then stands."""
+    with conn.transaction():
+        locked = conn.execute(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext(%s), %s)",
+            (spec.qualified_name, YearMonth.parse(state.year_month).lock_key),
+        ).fetchone()
+        if not (locked and locked[0]):
+            return None
+        updated = conn.execute(
+            sql.SQL(
+                "UPDATE {} SET delta_version = %s, delta_table_id = %s, delta_files = %s,"
+                " content_schema = %s, content_digest = %s, row_count = %s,"
+                " anchor = 'verified', verified_at = now()"
+                " WHERE table_name = %s AND year_month = %s"
+                " AND run_id IS NOT DISTINCT FROM %s AND synced_at IS NOT DISTINCT FROM %s"
+                " AND delta_version IS NOT DISTINCT FROM %s"
+                " AND content_digest IS NOT DISTINCT FROM %s"
+                " RETURNING verified_at"
+            ).format(SYNC_STATE),
+            (
+                anchor.delta_version,
+                anchor.delta_table_id,
+                anchor.delta_files,
+                anchor.content_schema,
+                anchor.content_digest,
+                anchor.row_count,
+                state.table,
+                state.year_month,
+                state.run_id,
+                state.synced_at,
+                state.delta_version,
+                state.content_digest,
+            ),
+        )
+        row = updated.fetchone()
+        return None if row is None else row[0]
 
 
 def record_failure(

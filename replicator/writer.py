@@ -44,8 +44,11 @@ from replicator.schema import (
 from replicator.syncstate import (
     HELD_VERSION,
     RECORD_SYNC,
+    Anchor,
     month_lock_sql,
     record_failure,
+    record_sync_params,
+    recorded_schema,
     synced_run_id,
 )
 from replicator.yearmonth import YearMonth
@@ -233,7 +236,8 @@ class MonthWriter:
             )
         with db.connect() as meta, db.errors(f"table {spec.name}"):
             pg_columns = postgres_columns(meta, spec)
-        schema = reconcile_schemas(spec, reader.columns(), pg_columns)
+            recorded = recorded_schema(meta, spec.name)
+        schema = reconcile_schemas(spec, reader.columns(), pg_columns, recorded=recorded)
         conn = db.connect_adbc()
         try:
             with conn.cursor() as cur:
@@ -271,11 +275,15 @@ class MonthWriter:
         cur.fetchall()
         cur.execute(_adbc_sql(HELD_VERSION), (spec.name, str(year_month)))
         held = cur.fetchall()
-        if held and held[0][0] is not None and held[0][0] > reader.version and not force:
+        held_version, held_table = held[0] if held else (None, None)
+        # A version of another table (dropped and recreated: versions restart) is not newer.
+        same_table = held_table in (None, reader.table_id)
+        if held_version is not None and held_version > reader.version and same_table and not force:
             conn.rollback()
             raise StaleSnapshotError(
-                f"table {spec.name}: Postgres holds {year_month} from Delta version {held[0][0]}, "
-                f"newer than version {reader.version}; not replacing it (use --force)"
+                f"table {spec.name}: Postgres holds {year_month} from Delta version "
+                f"{held_version}, newer than version {reader.version}; not replacing it "
+                "(use --force)"
             )
         cur.execute(
             _adbc_sql(
@@ -302,16 +310,17 @@ class MonthWriter:
             raise
         if self.settings.postgres.verify_counts:
             self._verify_counts(cur, schema, reader, year_month, stream.rows, conn)
+        anchor = Anchor(
+            delta_version=reader.version,
+            delta_table_id=reader.table_id,
+            delta_files=reader.month_fingerprint(year_month),
+            content_schema=schema.content_schema,
+            content_digest=stream.digest.result().hex,
+            row_count=stream.rows,
+        )
         cur.execute(
             _adbc_sql(RECORD_SYNC),
-            (
-                spec.name,
-                str(year_month),
-                reader.version,
-                stream.rows,
-                self.run_id,
-                stream.digest.result().hex,
-            ),
+            record_sync_params(spec.name, str(year_month), self.run_id, anchor),
         )
         try:
             conn.commit()

@@ -123,11 +123,13 @@ def test_missing_delta_table_is_a_clear_error(settings: Settings) -> None:
         (lambda t: t.drop_columns(["rank"]), "column 'rank' is in Postgres but not in Delta"),
         (
             lambda t: t.append_column("extra", pa.array([1] * t.num_rows)),
-            "column 'extra' is in Delta but not in Postgres",
+            "column 'extra' \\(long, nullable\\) is in Delta but not in Postgres: run "
+            '`ALTER TABLE ranking.ranking_signal ADD COLUMN "extra" bigint`',
         ),
         (
             lambda t: t.set_column(5, "rank", t.column("rank").cast(pa.int64())),
-            "column 'rank' is long in Delta, which needs Postgres bigint, but Postgres has integer",
+            "column 'rank' is long in Delta, which needs Postgres bigint, but Postgres has "
+            'integer: run `ALTER TABLE ranking.ranking_signal ALTER COLUMN "rank" TYPE bigint`',
         ),
     ],
 )

@@ -2,44 +2,54 @@
 
 from __future__ import annotations
 
-from reconciler.monthstate import MonthInputs, MonthState, SyncAnchor
-from reconciler.planner import CycleSnapshot, MonthMetadata, PlannedCheck, plan
+from reconciler.monthstate import DeltaInputs, MonthInputs, MonthState, SyncAnchor
+from reconciler.planner import CycleSnapshot, MonthMetadata, Periods, PlannedCheck, plan
 from reconciler.verdict import Status
+from replicator.delta import ChangeKind
+from replicator.syncstate import SyncState
 from replicator.yearmonth import YearMonth
 
 NOW = 1_000_000.0
-ANCHOR = SyncAnchor(3, "run", None, "rh1:1:00")
+SYNC = SyncState("t", "2026-10", 3, 10, None, "run", None, None, 0, "rh1:10:00")
+PERIODS = Periods(
+    interval_seconds=60, postgres_check_period_seconds=900, deep_check_period_seconds=3600
+)
 
 
-def meta(
-    ym: str, files: tuple[str, ...] | None = ("a.parquet",), table: str = "t"
-) -> MonthMetadata:
-    return MonthMetadata(table, YearMonth.parse(ym), MonthInputs(files, ANCHOR, True), None)
+def inputs(change: ChangeKind = ChangeKind.UNCHANGED, since: int | None = None) -> MonthInputs:
+    delta = DeltaInputs("table-id", True, change, since, None)
+    return MonthInputs(delta, SyncAnchor.of(SYNC), True, "schema")
 
 
-def known(m: MonthMetadata, status: Status = Status.IN_SYNC, deep_ago: float = 60) -> MonthState:
+def meta(ym: str, table: str = "t", **kw: object) -> MonthMetadata:
+    return MonthMetadata(table, YearMonth.parse(ym), inputs(**kw), SYNC)  # type: ignore[arg-type]
+
+
+def known(
+    m: MonthMetadata, status: Status = Status.IN_SYNC, pg_ago: float = 60, deep_ago: float = 60
+) -> MonthState:
     return MonthState(
         m.table,
         str(m.year_month),
         status=status,
         compared=m.inputs,
+        last_postgres_check=NOW - pg_ago,
         last_deep_check=NOW - deep_ago,
     )
 
 
-def snapshot(*months: MonthMetadata, outside: frozenset[str] = frozenset()) -> CycleSnapshot:
-    return CycleSnapshot(NOW, months, frozenset({"t", "u"}), outside)
+def snapshot(*months: MonthMetadata, suspicious: dict[str, str] | None = None) -> CycleSnapshot:
+    return CycleSnapshot(NOW, months, frozenset({"t", "u"}), suspicious or {})
 
 
 def planned(
-    snap: CycleSnapshot, states: list[MonthState], period: float = 3600
+    snap: CycleSnapshot, states: list[MonthState], periods: Periods = PERIODS
 ) -> list[PlannedCheck]:
-    return plan(
-        snap,
-        {s.key: s for s in states},
-        interval_seconds=60,
-        deep_check_period_seconds=period,
-    )
+    return plan(snap, {s.key: s for s in states}, periods)
+
+
+def months_of(checks: list[PlannedCheck]) -> list[str]:
+    return [str(c.year_month) for c in checks]
 
 
 def test_nothing_changed_nothing_compared() -> None:
@@ -47,42 +57,74 @@ def test_nothing_changed_nothing_compared() -> None:
     assert planned(snapshot(*months), [known(m) for m in months]) == []
 
 
+def test_optimize_changes_no_input_so_nothing_is_compared() -> None:
+    # An OPTIMIZE rewrites files but changes no data: the month stays UNCHANGED relative to
+    # its anchor, and the raw file list is not an input of an anchored month.
+    before, after = meta("2026-10"), meta("2026-10")
+    assert planned(snapshot(after), [known(before)]) == []
+
+
 def test_new_changed_and_erroring_months_are_compared_newest_first() -> None:
     same, changed, failing, new = meta("2026-07"), meta("2026-08"), meta("2026-09"), meta("2026-10")
     states = [known(same), known(failing, Status.ERROR)]
-    states.append(known(meta("2026-08", files=("old.parquet",))))
+    states.append(known(meta("2026-08"), deep_ago=60))
+    changed = meta("2026-08", change=ChangeKind.CHANGED, since=5)
     result = planned(snapshot(same, changed, failing, new), states)
-    assert [str(c.year_month) for c in result] == ["2026-10", "2026-09", "2026-08"]
+    assert months_of(result) == ["2026-10", "2026-09", "2026-08"]
+    assert [c.why for c in result] == ["not compared yet", "retrying an error", "changed"]
     assert not any(c.deep for c in result)
 
 
-def test_a_table_written_around_the_replicator_is_compared_again() -> None:
+def test_a_table_the_postgres_watch_no_longer_vouches_for_is_compared_again() -> None:
     months = [meta("2026-10"), meta("2026-10", table="u")]
-    result = planned(snapshot(*months, outside=frozenset({"u"})), [known(m) for m in months])
-    assert [c.table for c in result] == ["u"]
+    result = planned(
+        snapshot(*months, suspicious={"u": "the table was rewritten"}), [known(m) for m in months]
+    )
+    assert [(c.table, c.why) for c in result] == [("u", "the table was rewritten")]
 
 
 def test_months_of_an_unreadable_table_keep_their_last_status() -> None:
-    m = meta("2026-10", files=None)
-    snap = CycleSnapshot(NOW, (m,), frozenset(), frozenset())
+    m = meta("2026-10")
+    snap = CycleSnapshot(NOW, (m,), frozenset(), {})
     assert planned(snap, []) == []
 
 
-def test_deep_checks_take_the_most_overdue_first_within_the_budget() -> None:
+def test_postgres_re_checks_take_the_most_overdue_first_within_the_budget() -> None:
     months = [meta(f"2026-{i:02d}") for i in range(1, 11)]
-    states = [known(m, deep_ago=3600 + i) for i, m in enumerate(months)]
+    states = [known(m, pg_ago=900 + i) for i, m in enumerate(months)]
     result = planned(snapshot(*months), states)
-    # ten months, one cycle (60 s) of a one-hour period: ceil(10 * 60 / 3600) = 1 per cycle
-    assert result == [PlannedCheck("t", YearMonth.parse("2026-10"), deep=True)]
+    # ten months, a 60 s cycle, a 15-minute period: ceil(10 * 60 / 900) = 1 per cycle
+    assert result == [PlannedCheck("t", YearMonth.parse("2026-10"), False, "Postgres re-check due")]
+
+
+def test_a_month_never_re_digested_is_due() -> None:
+    m = meta("2026-10")
+    state = known(m)
+    state.last_postgres_check = None
+    assert months_of(planned(snapshot(m), [state])) == ["2026-10"]
+
+
+def test_deep_checks_count_from_the_sync_or_the_last_deep_check() -> None:
+    m = meta("2026-10")
+    state = known(m, deep_ago=7200)
+    assert planned(snapshot(m), [state]) == [
+        PlannedCheck("t", YearMonth.parse("2026-10"), True, "deep check due")
+    ]
+    state.anchored_at = NOW - 10  # a sync digested the month's Delta rows ten seconds ago
+    assert planned(snapshot(m), [state]) == []
 
 
 def test_a_month_both_changed_and_due_is_compared_once_deep() -> None:
-    m = meta("2026-10")
-    state = known(meta("2026-10", files=("old.parquet",)), deep_ago=7200)
-    assert planned(snapshot(m), [state]) == [PlannedCheck("t", YearMonth.parse("2026-10"), True)]
+    state = known(meta("2026-10"), deep_ago=7200)
+    changed = meta("2026-10", change=ChangeKind.CHANGED, since=4)
+    assert planned(snapshot(changed), [state]) == [
+        PlannedCheck("t", YearMonth.parse("2026-10"), True, "deep check due")
+    ]
 
 
-def test_unknown_months_are_not_due_for_a_deep_check_yet() -> None:
+def test_unknown_months_are_compared_plainly_first() -> None:
     m = meta("2026-10")
     state = MonthState("t", "2026-10", compared=m.inputs)  # never compared: status unknown
-    assert planned(snapshot(m), [state]) == [PlannedCheck("t", YearMonth.parse("2026-10"))]
+    assert planned(snapshot(m), [state]) == [
+        PlannedCheck("t", YearMonth.parse("2026-10"), why="not compared yet")
+    ]
