@@ -97,13 +97,12 @@ def plan(
         if why is not None:
             todo.append(PlannedCheck(meta.table, meta.year_month, why=why))
     todo.sort(key=lambda check: str(check.year_month), reverse=True)
+    # The periodic checks concern anchored months of readable tables, compared before or not
+    # (a restarted process compares every month first: a due deep check takes that turn).
     comparable = {
         meta.key: known[meta.key]
         for meta in snapshot.months
-        if meta.key in known
-        and meta.table in snapshot.readable_tables
-        and known[meta.key].status is not Status.UNKNOWN
-        and meta.sync is not None
+        if meta.key in known and meta.table in snapshot.readable_tables and meta.sync is not None
     }
     _add_due(
         todo,

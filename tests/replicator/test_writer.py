@@ -255,3 +255,22 @@ def test_unreachable_postgres_fails_within_the_connect_timeout(
         MonthWriter(hung).write_month(settings.table("ranking_signal"), OCT)
     assert time.monotonic() - started < 10
     assert "S3cretCanary" not in str(info.value)
+
+
+def test_months_with_deletion_vectors_replicate_their_logical_rows_and_verify_counts(
+    settings: Settings, write_month: WriteMonth, pg: psycopg.Connection[Any], delta_root: str
+) -> None:
+    import pyarrow.compute as pc
+
+    from tests.deltalog import DeltaLog
+
+    data = write_month("ranking_signal", "2026-10", rows=100)
+    DeltaLog(f"{delta_root}/ranking_signal").delete_with_deletion_vectors(
+        "2026-10", lambda t: pc.less(t.column("rank"), 30)
+    )
+    checked = with_overrides(settings, postgres={"verify_counts": True})
+    result = MonthWriter(checked).write_month(settings.table("ranking_signal"), OCT)
+    assert (result.status, result.rows) == ("written", 70)  # numRecords 100, DV cardinality 30
+    kept = data.filter(pc.greater_equal(data.column("rank"), 30))
+    assert pg_rows(pg) == arrow_rows(kept)
+    assert sync_state(pg)[1] == 70

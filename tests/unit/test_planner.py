@@ -122,9 +122,14 @@ def test_a_month_both_changed_and_due_is_compared_once_deep() -> None:
     ]
 
 
-def test_unknown_months_are_compared_plainly_first() -> None:
+def test_a_restarted_process_compares_first_and_deep_when_due() -> None:
     m = meta("2026-10")
-    state = MonthState("t", "2026-10", compared=m.inputs)  # never compared: status unknown
-    assert planned(snapshot(m), [state]) == [
+    fresh = MonthState("t", "2026-10", anchored_at=NOW - 10)  # unknown to this process
+    assert planned(snapshot(m), [fresh]) == [
         PlannedCheck("t", YearMonth.parse("2026-10"), why="not compared yet")
+    ]
+    # An earlier process recorded its last deep check two hours ago: due now, not postponed.
+    overdue = MonthState("t", "2026-10", last_deep_check=NOW - 7200, anchored_at=NOW - 9000)
+    assert planned(snapshot(m), [overdue]) == [
+        PlannedCheck("t", YearMonth.parse("2026-10"), True, "deep check due")
     ]
