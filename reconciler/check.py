@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from reconciler.sides import DeltaSide, MonthSide, PostgresSide, RecordedSide
+from reconciler.sides import DeltaSide, MonthSide, PostgresSide, RecordedSide, SideRow
 from reconciler.verdict import (
     Digest,
     Evidence,
@@ -35,7 +36,7 @@ from reconciler.verdict import (
 from replicator.config import Settings, TableSpec
 from replicator.contract import MonthDigest
 from replicator.delta import ChangeKind, DeltaTableReader, MonthChange
-from replicator.errors import DeltaError, ReplicationError
+from replicator.errors import DeltaError, NotMigratedError, ReplicationError
 from replicator.postgres import Database
 from replicator.schema import TableSchema, postgres_columns, reconcile_schemas, same_content
 from replicator.syncstate import Anchor, SyncState, read_sync_state, replication_in_flight
@@ -125,8 +126,8 @@ class _Readable(MonthSide):
             self.fell_back = True
             return self.recorded.digest(buckets)
 
-    def fingerprints(self, buckets: int, selected: list[int]) -> list[Any]:
-        return self.old.fingerprints(buckets, selected)
+    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
+        return self.old.rows(buckets, selected)
 
 
 class _Contents:
@@ -207,22 +208,26 @@ class Checker:
 
         `deep` recomputes the Delta side instead of trusting the digest the writer recorded.
         """
+        if conn is None:
+            # Not reaching Postgres at all is the caller's failure, not this month's status.
+            with self.db.connect() as own:
+                return self.check(spec, year_month, conn=own, latest=latest, deep=deep)
         started = time.monotonic()
         result = TableCheck(spec.name, str(year_month))
         try:
             reader = latest or self.latest(spec)
-            if conn is None:
-                with self.db.connect() as own:
-                    self._check(own, spec, year_month, reader, result, deep)
-            else:
-                self._check(conn, spec, year_month, reader, result, deep)
+            self._check(conn, spec, year_month, reader, result, deep)
+        except NotMigratedError:
+            raise  # nothing can be compared in this database: the caller says so, once
         except ReplicationError as exc:
             result.status, result.reason = Status.ERROR, str(exc)
         except psycopg.Error as exc:
-            result.status = Status.ERROR
-            result.reason = str(self.db.translate(exc, "Postgres failed"))
+            failure = self.db.translate(exc, "Postgres failed")
+            if isinstance(failure, NotMigratedError):
+                raise failure from None
+            result.status, result.reason = Status.ERROR, str(failure)
         finally:
-            if conn is not None and not conn.closed:
+            if not conn.closed:
                 conn.rollback()
         result.duration_seconds = time.monotonic() - started
         logger.debug(

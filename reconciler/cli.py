@@ -1,75 +1,59 @@
-"""`reconciler`: parses arguments, builds the objects and calls them; nothing else lives here."""
+"""`reconciler`: parses arguments, builds the objects and calls them; nothing else lives here.
+
+Exit codes everywhere: 0 in sync / success, 1 a finding (drift, lag, missing, orphaned, a
+repair that did not bring the month in sync), 2 usage or infrastructure error.
+"""
 
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 from pathlib import Path
 
 import click
 
 from reconciler import __version__
-from reconciler.check import Checker, MonthCheck
+from reconciler.check import Checker, MonthCheck, TableCheck
 from reconciler.daemon import Daemon, Overrides
 from reconciler.demo import run_demo
-from reconciler.diff import DiffResult, diff_month
+from reconciler.diff import KINDS, Differ, Difference, DiffResult, text_of
 from reconciler.migrate import migrate as apply_migrations
 from reconciler.repair import Repairer
 from reconciler.status import build_status
 from reconciler.verdict import Status
 from replicator.config import ConfigError, Settings, TableSpec, parse_host_port
-from replicator.errors import ReplicationError
 from replicator.options import (
     EXIT_ERROR,
     EXIT_FINDING,
     EXIT_OK,
     YEAR_MONTH,
     Commands,
+    age,
     build_settings,
     configure_logging,
     emit_json,
     fail,
-    hide_dsn_from_process_title,
+    json_context,
+    json_option,
     render_table,
     settings_options,
+    start,
 )
 from replicator.postgres import Database
 from replicator.yearmonth import YearMonth
-
-STATUS_EXIT = {Status.IN_SYNC: EXIT_OK, Status.ERROR: EXIT_ERROR}
 
 logger = logging.getLogger(__name__)
 
 
 @click.group(cls=Commands)
-@click.version_option(__version__)
+@click.version_option(__version__, prog_name="reconciler")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--json-logs", is_flag=True, help="Log one JSON object per line on stderr.")
-def main(verbose: bool, json_logs: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, json_logs: bool) -> None:
     """Compare Delta Lake months with their Postgres copy, report drift and repair it."""
-    hide_dsn_from_process_title()
-    configure_logging(verbose, json_logs)
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@settings_options
-def migrate(
-    as_json: bool, dsn: str | None, delta_root: str | None, config_path: str | None
-) -> None:
-    """Apply the SQL migrations (schema, tables, sync state, roles) idempotently."""
-    settings = build_settings(dsn, delta_root, config_path)
-    try:
-        applied = apply_migrations(Database.for_settings(settings, "reconciler"))
-    except (ReplicationError, ValueError) as exc:
-        fail(str(exc))
-    if as_json:
-        emit_json({"applied": applied})
-    else:
-        click.echo(
-            f"applied {len(applied)} migration(s)"
-            + (": " + ", ".join(applied) if applied else "; up to date")
-        )
+    start(ctx, verbose, json_logs)
 
 
 def _prepare(settings: Settings, tables: tuple[str, ...]) -> tuple[Database, tuple[TableSpec, ...]]:
@@ -80,23 +64,61 @@ def _prepare(settings: Settings, tables: tuple[str, ...]) -> tuple[Database, tup
         fail(str(exc))
 
 
-def _print_check(month: MonthCheck) -> None:
-    click.echo(f"{month.year_month}: {month.status}")
-    header = ("table", "status", "delta v", "synced v", "delta rows", "postgres rows", "reason")
-    rows = [header] + [
-        (
-            t.table,
-            t.status,
-            str(t.delta_version),
-            str(t.synced_version),
-            str(t.delta_rows),
-            str(t.postgres_rows),
-            t.reason,
+def exit_code(status: Status) -> int:
+    if status is Status.IN_SYNC:
+        return EXIT_OK
+    return EXIT_FINDING if status.is_finding else EXIT_ERROR
+
+
+@main.command()
+@json_option
+@settings_options
+def migrate(
+    as_json: bool, dsn: str | None, delta_root: str | None, config_path: str | None
+) -> None:
+    """Apply the SQL migrations (schema, tables, sync state, roles) idempotently."""
+    settings = build_settings(dsn, delta_root, config_path)
+    db, _ = _prepare(settings, ())
+    applied = apply_migrations(db)
+    if as_json:
+        emit_json({"status": "ok", "applied": applied})
+    else:
+        click.echo(
+            f"applied {len(applied)} migration(s)"
+            + (": " + ", ".join(applied) if applied else "; up to date")
         )
+
+
+def _note(check: TableCheck) -> str:
+    """What a person needs to know about one table's month, said once."""
+    note = check.reason
+    if check.status is Status.LAGGING and check.lag_seconds > 0:
+        note += (
+            f"; Postgres holds version {check.synced_version}, pending for {age(check.lag_seconds)}"
+        )
+    elif check.status is Status.MISSING and check.lag_seconds > 0:
+        note += f" (for {age(check.lag_seconds)})"
+    if check.reanchor is not None:
+        note += f"; sync state can be re-anchored to version {check.reanchor.delta_version}"
+    return note
+
+
+def _rows(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _print_check(month: MonthCheck) -> None:
+    in_sync = sum(1 for t in month.tables if t.status is Status.IN_SYNC)
+    click.echo(
+        f"{month.year_month}: {month.status} ({in_sync} of {len(month.tables)} tables in sync)"
+    )
+    header = ("table", "status", "Delta rows", "Postgres rows", "note")
+    rows = [header] + [
+        (t.table, str(t.status), _rows(t.delta_rows), _rows(t.postgres_rows), _note(t))
         for t in month.tables
     ]
     for line in render_table(rows):
-        click.echo("  " + line)
+        click.echo("  " + line.rstrip())
 
 
 @main.command()
@@ -111,9 +133,9 @@ def _print_check(month: MonthCheck) -> None:
 @click.option(
     "--deep",
     is_flag=True,
-    help="Recompute the Delta digest from the snapshot instead of using the one recorded at sync.",
+    help="Recompute the Delta side instead of trusting the digest recorded at sync.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 @settings_options
 def check(
     year_month: YearMonth,
@@ -128,32 +150,59 @@ def check(
 
     Exit 0 in sync, 1 drift/lagging/missing/orphaned, 2 error.
     """
+    json_context(year_month=year_month)
     settings = build_settings(dsn, delta_root, config_path)
     db, specs = _prepare(settings, tables)
-    try:
-        month = Checker(db, settings).check_month(year_month, specs, deep=deep)
-    except ReplicationError as exc:
-        fail(str(exc))
+    month = Checker(db, settings).check_month(year_month, specs, deep=deep)
     if as_json:
         emit_json(month.as_dict())
     else:
         _print_check(month)
-    raise SystemExit(STATUS_EXIT.get(month.status, EXIT_FINDING))
+    raise SystemExit(exit_code(month.status))
+
+
+def _key_text(difference: Difference) -> str:
+    return " ".join(f"{name}={json.dumps(value)}" for name, value in difference.key.items())
+
+
+def _value_text(value: str | int | bool | None) -> str:
+    """NULL, a quoted string (whitespace shows), or a number or flag as is."""
+    if value is None:
+        return "NULL"
+    return json.dumps(value) if isinstance(value, str) else str(text_of(value))
 
 
 def _print_diff(result: DiffResult) -> None:
+    counts = ", ".join(f"{result.totals[k]} {k.replace('_', ' ')}" for k in KINDS)
     click.echo(
-        f"{result.table} {result.year_month} against Delta version {result.delta_version}:"
-        f" {len(result.only_in_delta)} only in Delta, {len(result.only_in_postgres)}"
-        f" only in Postgres, {len(result.changed)} changed"
-        + (" (truncated by --limit)" if result.truncated else "")
+        f"{result.table} {result.year_month}: Postgres against {result.compared_with}: "
+        f"{result.found} differing key(s): {counts}"
     )
-    for key in result.only_in_delta:
-        click.echo(f"  only in Delta     {key}")
-    for key in result.only_in_postgres:
-        click.echo(f"  only in Postgres  {key}")
-    for change in result.changed:
-        click.echo(f"  changed           {change['key']}  columns: {', '.join(change['columns'])}")
+    if result.truncated:
+        click.echo(
+            f"  (listing {len(result.listed)} of {result.found}; --limit, or --output FILE for all)"
+        )
+    labels = {
+        "only_in_delta": "only in Delta",
+        "only_in_postgres": "only in Postgres",
+        "duplicated": "duplicated",
+        "changed": "changed",
+    }
+    for difference in result.listed:
+        line = f"  {labels[difference.kind]:<17} {_key_text(difference)}"
+        if difference.kind == "duplicated":
+            line += (
+                f"  ({difference.delta_copies} in Delta, {difference.postgres_copies} in Postgres)"
+            )
+        elif difference.delta_copies > 1 or difference.postgres_copies > 1:
+            line += f"  ({max(difference.delta_copies, difference.postgres_copies)} copies)"
+        click.echo(line)
+        width = max((len(c.column) for c in difference.columns), default=0)
+        for change in difference.columns:
+            click.echo(
+                f"      {change.column:<{width}}  Delta {_value_text(change.delta)}"
+                f"  Postgres {_value_text(change.postgres)}"
+            )
 
 
 @main.command()
@@ -164,34 +213,44 @@ def _print_diff(result: DiffResult) -> None:
     type=click.IntRange(min=1),
     default=100,
     show_default=True,
-    help="Report at most this many differing rows.",
+    help="List at most this many differing keys (the totals always count all).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Also write every difference (no limit) to FILE: .parquet or .csv.",
+)
+@json_option
 @settings_options
 def diff(
     year_month: YearMonth,
     table: str,
     limit: int,
+    output: Path | None,
     as_json: bool,
     dsn: str | None,
     delta_root: str | None,
     config_path: str | None,
 ) -> None:
-    """List the keys that differ between Delta and Postgres for one month of one table.
+    """Show the rows that differ between Delta and Postgres for one month of one table.
 
-    Exit 0 no difference, 1 differences found, 2 error.
+    Exit 0 no difference, 1 differences found, 2 error (a month absent on both sides too).
     """
+    json_context(year_month=year_month, table=table)
+    if output is not None and output.suffix.lower() not in (".parquet", ".csv"):
+        fail(f"--output must end in .parquet or .csv, got {output.name!r}")
     settings = build_settings(dsn, delta_root, config_path)
     db, specs = _prepare(settings, (table,))
-    try:
-        result = diff_month(db, settings, specs[0], year_month, limit)
-    except ReplicationError as exc:
-        fail(str(exc))
+    result = Differ(db, settings).diff(specs[0], year_month, limit=limit, output=output)
     if as_json:
         emit_json(result.as_dict())
     else:
         _print_diff(result)
-    raise SystemExit(EXIT_FINDING if result.found or result.truncated else EXIT_OK)
+        if output is not None:
+            click.echo(f"  every difference written to {output}")
+    raise SystemExit(EXIT_FINDING if result.found else EXIT_OK)
 
 
 @main.command()
@@ -205,7 +264,7 @@ def diff(
 )
 @click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing.")
 @click.option("--force", is_flag=True, help="Rewrite the month even when it is in sync.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 @settings_options
 def repair(
     year_month: YearMonth,
@@ -221,18 +280,21 @@ def repair(
 
     Exit 0 when every table of the month is in sync afterwards, 1 when not, 2 on error.
     """
+    json_context(year_month=year_month)
     settings = build_settings(dsn, delta_root, config_path)
     db, specs = _prepare(settings, tables)
     repairer = Repairer(Checker(db, settings), settings, db, actor=f"cli:{getpass.getuser()}")
     results = [repairer.repair(spec, year_month, dry_run=dry_run, force=force) for spec in specs]
+    errors = [r.message for r in results if r.status_before is Status.ERROR]
+    ok = all(r.outcome in ("repaired", "reanchored", "skipped", "dry_run") for r in results)
     if as_json:
-        emit_json(
-            {
-                "year_month": str(year_month),
-                "dry_run": dry_run,
-                "tables": [r.as_dict() for r in results],
-            }
-        )
+        document = {
+            "year_month": str(year_month),
+            "dry_run": dry_run,
+            "status": "error" if errors else "ok" if ok else "not_in_sync",
+            "tables": [r.as_dict() for r in results],
+        }
+        emit_json({**document, "error": errors[0]} if errors else document)
     else:
         for r in results:
             after = f" -> {r.status_after}" if r.status_after else ""
@@ -240,11 +302,8 @@ def repair(
                 f"{r.table} {r.year_month}: {r.outcome} ({r.status_before}{after})"
                 + (f": {r.message}" if r.message else "")
             )
-    if any(r.status_before is Status.ERROR for r in results):
+    if errors:
         raise SystemExit(EXIT_ERROR)
-    if dry_run:
-        raise SystemExit(EXIT_OK)
-    ok = all(r.outcome in ("repaired", "reanchored", "skipped") for r in results)
     raise SystemExit(EXIT_OK if ok else EXIT_FINDING)
 
 
@@ -294,10 +353,7 @@ def run(
     daemon.install_signal_handlers()
     server = None
     if not once or metrics_addr:
-        try:
-            server = daemon.serve_metrics()
-        except OSError as exc:
-            fail(f"cannot serve metrics: {exc}")
+        server = daemon.serve_metrics()
     try:
         summary = daemon.run(once=once)
     finally:
@@ -313,34 +369,35 @@ def run(
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option(
     "--require-in-sync",
     is_flag=True,
-    help="Exit 0 only if every month in the window was last found in sync.",
+    help="Kept for scripts: status always exits 0 only when every month is in sync.",
 )
+@json_option
 @settings_options
 def status(
-    as_json: bool,
     require_in_sync: bool,
+    as_json: bool,
     dsn: str | None,
     delta_root: str | None,
     config_path: str | None,
 ) -> None:
-    """Every month of every table: sync state, lag, and the daemon's last check result."""
+    """Every month of every table in the window: sync state, lag, and the daemon's last
+    finding.
+
+    Exit 0 when every month is in sync, 1 when one is not, 2 when a source cannot be read.
+    """
     settings = build_settings(dsn, delta_root, config_path)
     db, _ = _prepare(settings, ())
-    try:
-        report = build_status(db, settings)
-    except ReplicationError as exc:
-        fail(str(exc))
+    report = build_status(db, settings)
     if as_json:
         emit_json(report.as_dict())
     else:
         click.echo(report.render())
-    if require_in_sync:
-        raise SystemExit(EXIT_OK if report.all_in_sync else EXIT_FINDING)
-    raise SystemExit(EXIT_OK)
+    if report.errors:
+        raise SystemExit(EXIT_ERROR)
+    raise SystemExit(EXIT_OK if report.all_in_sync else EXIT_FINDING)
 
 
 @main.command()
@@ -366,13 +423,25 @@ def status(
     metavar="HOST:PORT",
     help="Where the demo daemon serves /metrics.",
 )
-def demo(directory: Path, fresh: bool, keep_running: bool, metrics_addr: str) -> None:
-    """Run the whole system on embedded defaults and show drift, lag and repair."""
+@click.pass_context
+def demo(
+    ctx: click.Context, directory: Path, fresh: bool, keep_running: bool, metrics_addr: str
+) -> None:
+    """Run the whole system on embedded defaults and show drift, lag and repair.
+
+    Exit 2 when another demo runs in the same folder (nothing of it is touched).
+    """
     try:
         parse_host_port(metrics_addr)
     except ConfigError as exc:
         fail(str(exc))
     try:
-        run_demo(directory, fresh=fresh, keep_running=keep_running, metrics_addr=metrics_addr)
+        run_demo(
+            directory,
+            fresh=fresh,
+            keep_running=keep_running,
+            metrics_addr=metrics_addr,
+            verbose=bool(ctx.meta.get("verbose")),
+        )
     except OSError as exc:
         fail(f"demo failed: {exc}")

@@ -34,7 +34,7 @@ from reconciler.repair import Repairer
 from reconciler.verdict import EXPORTED, Status
 from replicator.config import Settings, TableSpec
 from replicator.delta import ChangeKind, DeltaTableReader
-from replicator.errors import DeltaError, PostgresError, ReplicationError
+from replicator.errors import DeltaError, NotMigratedError, PostgresError, ReplicationError
 from replicator.postgres import Database
 from replicator.schema import postgres_columns
 from replicator.syncstate import SyncState, read_all_sync_states
@@ -64,6 +64,7 @@ class Reconciler:
         self._outside = OutsideWriteDetector()
         self._repair_history: collections.deque[float] = collections.deque()
         self._remembered = False  # the periodic checks' clocks were read from month_check
+        self.problem: str | None = None  # why the last cycle could not run, if not a source
 
     def configure(
         self, settings: Settings, leader: LeaderLock, *, auto_repair: bool, interval: float
@@ -102,6 +103,8 @@ class Reconciler:
         )
 
     def ready(self) -> tuple[bool, str]:
+        if self.problem is not None:
+            return False, self.problem
         if self.last_cycle_timestamp is None:
             return False, "no cycle completed yet"
         age = time.time() - self.last_cycle_timestamp
@@ -144,13 +147,23 @@ class Reconciler:
                     reader = readers.get(check.table)
                     self._check(conn, check, reader, syncs.get(check.key), summary)
         except (PostgresError, psycopg.Error) as exc:
-            up["postgres"] = False
-            logger.error("Postgres unavailable: %s", self.db.scrub(str(exc)), extra=log)
+            failure = (
+                exc if isinstance(exc, PostgresError) else self.db.translate(exc, "a query failed")
+            )
+            if isinstance(failure, NotMigratedError):
+                # Postgres answered: it is not down, but nothing can be compared until migrated.
+                self.problem = str(failure)
+                logger.error("%s", failure, extra=log)
+            else:
+                up["postgres"] = False
+                logger.error("Postgres unavailable: %s", failure, extra=log)
+        else:
+            self.problem = None
         self.sources_up = dict(up)
         summary.sources_up = dict(up)
         if up["postgres"] and not stop.is_set():
             summary.repaired = self._auto_repair(time.time(), stop)
-        if all(up.values()) and not stop.is_set():
+        if all(up.values()) and self.problem is None and not stop.is_set():
             self.last_cycle_timestamp = time.time()
         logger.info(
             "cycle done: %d comparisons, %d repairs in %.2fs",

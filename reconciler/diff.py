@@ -1,30 +1,157 @@
-"""Which rows differ: narrows a drifted month to its differing buckets, then to keys.
+"""Which rows differ, and how: a drifted month narrowed to buckets, then to keys and values.
 
-Rows are matched by key as multisets, so a duplicated row, a deleted row and a changed value
-are each reported as what they are: only in Delta, only in Postgres, or changed (with columns).
+Pass 1 computes both sides' bucket digests at once (Delta in a thread, keeping what it hashed on
+disk; Postgres in the server). Pass 2 reads back only the rows of the differing buckets, from
+the Delta side's spill and from one Postgres query, a bounded number at a time. Rows are matched
+by key as multisets, so each differing key is reported as what it is: only in Delta, only in
+Postgres, duplicated (with the copies on each side), or changed (with each differing column's
+Delta and Postgres values, rendered as the column's type). Totals always count everything;
+`limit` only limits what is listed; `output` writes every difference to Parquet or CSV.
 """
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import decimal
 import logging
+import math
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from reconciler.check import open_snapshot_transaction
-from reconciler.sides import DeltaSide, PostgresSide, RowFingerprint
-from replicator.config import Settings, TableSpec
-from replicator.delta import DeltaTableReader
-from replicator.errors import InputError
+from reconciler.sides import DeltaSide, PostgresSide, SideRow
+from replicator.config import Settings, TableSpec, load_settings
+from replicator.delta import ChangeKind, DeltaTableReader
+from replicator.errors import InputError, ReplicationError
 from replicator.postgres import Database
-from replicator.schema import TableSchema, postgres_columns, reconcile_schemas
+from replicator.schema import Column, Encoding, TableSchema, postgres_columns, reconcile_schemas
 from replicator.syncstate import read_sync_state
 from replicator.yearmonth import YearMonth
 
+if TYPE_CHECKING:
+    import pandas
+
 logger = logging.getLogger(__name__)
 
-# Rows of differing buckets fetched per pass, bounding the diff's memory.
+# Rows of differing buckets read per pass, bounding the diff's memory.
 ROWS_PER_PASS = 200_000
+# Rows per bucket aimed at: more buckets for bigger months, so a few changed rows fetch little.
+ROWS_PER_BUCKET = 512
+MAX_BUCKETS = 16_384
+KINDS = ("only_in_delta", "only_in_postgres", "duplicated", "changed")
+
+
+def render_value(value: Any, column: Column) -> str | None:
+    """A value as the column's type shows it, identical whichever side it came from; None is
+    NULL. Doubles are shortest round-trip text: two doubles that differ print differently."""
+    if value is None:
+        return None
+    encoding = column.type.encoding
+    if encoding is Encoding.FLOAT64:
+        number = float(value)
+        if math.isnan(number):
+            return "NaN"
+        if math.isinf(number):
+            return "Infinity" if number > 0 else "-Infinity"
+        return repr(number)
+    if encoding is Encoding.TIMESTAMP:
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return str(moment.astimezone(dt.UTC).isoformat(timespec="microseconds"))
+    if encoding is Encoding.TIMESTAMP_NTZ:
+        return str(value.replace(tzinfo=None).isoformat(timespec="microseconds"))
+    if encoding is Encoding.DATE:
+        return str(value.isoformat())
+    if encoding is Encoding.BOOLEAN:
+        return "true" if value else "false"
+    if encoding is Encoding.BINARY:
+        return "\\x" + bytes(value).hex()
+    if encoding is Encoding.DECIMAL:
+        return str(decimal.Decimal(value))
+    return str(value)
+
+
+Scalar = str | int | bool | None
+
+
+def json_value(value: Any, column: Column) -> Scalar:
+    """A value for JSON: integers and booleans as themselves, everything else as the text of
+    `render_value` (exact for doubles, valid JSON for NaN and infinities)."""
+    if value is None:
+        return None
+    if column.type.encoding is Encoding.INT64:
+        return int(value)
+    if column.type.encoding is Encoding.BOOLEAN:
+        return bool(value)
+    return render_value(value, column)
+
+
+def text_of(value: Scalar) -> str | None:
+    """A JSON value as the text a CSV cell or a terminal shows."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class ColumnDifference:
+    column: str
+    delta: Scalar
+    postgres: Scalar
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One differing key."""
+
+    kind: str  # one of KINDS
+    key: dict[str, Scalar]
+    delta_copies: int
+    postgres_copies: int
+    columns: tuple[ColumnDifference, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.kind == "changed":
+            return {
+                "key": self.key,
+                "columns": [c.column for c in self.columns],
+                "values": {
+                    c.column: {"delta": c.delta, "postgres": c.postgres} for c in self.columns
+                },
+            }
+        if self.kind == "duplicated":
+            return {
+                "key": self.key,
+                "delta_copies": self.delta_copies,
+                "postgres_copies": self.postgres_copies,
+            }
+        return dict(self.key)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The rows of the `--output` file: one per differing column, or one for the key."""
+        base = {
+            **{name: text_of(value) for name, value in self.key.items()},
+            "kind": self.kind,
+            "delta_copies": self.delta_copies,
+            "postgres_copies": self.postgres_copies,
+        }
+        if not self.columns:
+            yield {**base, "column": None, "delta_value": None, "postgres_value": None}
+        for change in self.columns:
+            yield {
+                **base,
+                "column": change.column,
+                "delta_value": text_of(change.delta),
+                "postgres_value": text_of(change.postgres),
+            }
 
 
 @dataclass
@@ -32,96 +159,297 @@ class DiffResult:
     table: str
     year_month: str
     delta_version: int
-    only_in_delta: list[dict[str, Any]] = field(default_factory=list)
-    only_in_postgres: list[dict[str, Any]] = field(default_factory=list)
-    changed: list[dict[str, Any]] = field(default_factory=list)
-    truncated: bool = False
+    compared_with: str  # which Delta snapshot Postgres was compared with, in words
+    key_columns: tuple[str, ...] = ()
+    listed: list[Difference] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    limit: int | None = None
 
     @property
     def found(self) -> int:
-        return len(self.only_in_delta) + len(self.only_in_postgres) + len(self.changed)
+        return sum(self.totals.values())
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.listed) < self.found
+
+    def add(self, difference: Difference) -> None:
+        self.totals[difference.kind] += 1
+        if self.limit is None or len(self.listed) < self.limit:
+            self.listed.append(difference)
+
+    def of_kind(self, kind: str) -> list[Difference]:
+        return [d for d in self.listed if d.kind == kind]
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {
+            "table": self.table,
+            "year_month": self.year_month,
+            "delta_version": self.delta_version,
+            "compared_with": self.compared_with,
+            **{kind: [d.as_dict() for d in self.of_kind(kind)] for kind in KINDS},
+            "totals": dict(self.totals),
+            "truncated": self.truncated,
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        return [record for d in self.listed for record in d.records()]
+
+    def to_pandas(self) -> pandas.DataFrame:
+        """Every listed difference as a DataFrame, one row per differing column (or per key):
+        the key columns, `kind`, `column`, `delta_value`, `postgres_value` and the copies."""
+        import pandas
+
+        columns = [
+            *self.key_columns,
+            "kind",
+            "column",
+            "delta_value",
+            "postgres_value",
+            "delta_copies",
+            "postgres_copies",
+        ]
+        return pandas.DataFrame(self.records(), columns=columns)
+
+
+class DiffWriter:
+    """Every difference, unlimited, to a Parquet or CSV file (by extension), as it is found."""
+
+    def __init__(self, path: Path, key_columns: tuple[str, ...]) -> None:
+        suffix = path.suffix.lower()
+        if suffix not in (".parquet", ".csv"):
+            raise InputError(f"--output must end in .parquet or .csv, got {path.name!r}")
+        self.path, self.suffix = path, suffix
+        names = [*key_columns, "kind", "column", "delta_value", "postgres_value"]
+        self.schema = pa.schema(
+            [pa.field(n, pa.string()) for n in names]
+            + [pa.field("delta_copies", pa.int64()), pa.field("postgres_copies", pa.int64())]
+        )
+        self.rows = 0
+        self._pending: list[dict[str, Any]] = []
+        self._parquet: pq.ParquetWriter | None = None
+        self._csv: Any = None
+
+    def add(self, difference: Difference) -> None:
+        self._pending.extend(difference.records())
+        if len(self._pending) >= 10_000:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.suffix == ".parquet":
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.path, self.schema)
+            self._parquet.write_table(pa.Table.from_pylist(self._pending, schema=self.schema))
+        else:
+            if self._csv is None:
+                handle = self.path.open("w", newline="", encoding="utf-8")
+                self._csv = (handle, csv.DictWriter(handle, fieldnames=self.schema.names))
+                self._csv[1].writeheader()
+            self._csv[1].writerows(self._pending)
+        self.rows += len(self._pending)
+        self._pending = []
+
+    def close(self) -> None:
+        self._flush()
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._csv is not None:
+            self._csv[0].close()
+
+
+def buckets_for(rows: int, configured: int) -> int:
+    """The configured bucket count, doubled until buckets hold about ROWS_PER_BUCKET rows."""
+    buckets = configured
+    while buckets < MAX_BUCKETS and rows / buckets > ROWS_PER_BUCKET:
+        buckets *= 2
+    return buckets
+
+
+class Differ:
+    """Diffs months of configured tables against one database."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    def diff(
+        self,
+        spec: TableSpec,
+        year_month: YearMonth,
+        *,
+        limit: int | None = 100,
+        output: Path | None = None,
+    ) -> DiffResult:
+        """Differences between Postgres and the Delta snapshot it should hold: the synced
+        version while Delta's later changes are pending and it can still be read, else the
+        latest version."""
+        if limit is not None and limit < 1:
+            raise InputError("--limit must be at least 1")
+        writer = DiffWriter(output, spec.key_columns) if output is not None else None
+        latest = DeltaTableReader(
+            spec, self.settings.table_uri(spec), self.settings.delta.storage_options
+        )
+        with (
+            tempfile.TemporaryDirectory(prefix="reconciler-diff-") as spill,
+            self.db.connect() as conn,
+            self.db.errors("Postgres failed"),
+        ):
+            open_snapshot_transaction(conn)
+            pg_columns = postgres_columns(conn, spec)
+            state = read_sync_state(conn, spec.name, str(year_month))
+            snapshot, compared_with = self._snapshot(latest, state, year_month, pg_columns)
+            schema = reconcile_schemas(spec, snapshot.columns(), pg_columns)
+            delta = DeltaSide(
+                snapshot,
+                schema,
+                year_month,
+                self.settings.postgres.batch_rows,
+                spill=Path(spill),
+            )
+            postgres = PostgresSide(conn, schema, year_month)
+            postgres_rows = postgres.count()
+            if not snapshot.has_month(year_month) and postgres_rows == 0:
+                raise InputError(
+                    f"table {spec.name}: month {year_month} is neither in Delta nor in Postgres"
+                )
+            postgres.verify_hash_function()
+            result = DiffResult(
+                spec.name,
+                str(year_month),
+                snapshot.version,
+                compared_with,
+                spec.key_columns,
+                limit=limit,
+            )
+            expected = max(postgres_rows, snapshot.month_row_count(year_month) or 0)
+            buckets = buckets_for(expected, self.settings.digest.buckets)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                delta_future = pool.submit(delta.digest, buckets)
+                postgres_digest = postgres.digest(buckets)
+                delta_digest = delta_future.result()
+            pending = delta_digest.differing_buckets(postgres_digest)
+            try:
+                while pending:
+                    chunk: list[int] = []
+                    rows = 0
+                    while pending and (not chunk or rows < ROWS_PER_PASS):
+                        bucket = pending.pop(0)
+                        chunk.append(bucket)
+                        rows += max(delta_digest.counts[bucket], postgres_digest.counts[bucket])
+                    for difference in compare_rows(
+                        schema, delta.rows(buckets, chunk), postgres.rows(buckets, chunk)
+                    ):
+                        result.add(difference)
+                        if writer is not None:
+                            writer.add(difference)
+            finally:
+                if writer is not None:
+                    writer.close()
+            conn.rollback()
+        return result
+
+    def _snapshot(
+        self,
+        latest: DeltaTableReader,
+        state: Any,
+        year_month: YearMonth,
+        pg_columns: list[tuple[str, str, bool]],
+    ) -> tuple[DeltaTableReader, str]:
+        """The Delta snapshot to compare with, and how to say which it is."""
+        if state is None or state.delta_version is None:
+            return latest, f"Delta version {latest.version} (the latest; never synced)"
+        change = latest.month_change(
+            year_month,
+            version=state.delta_version,
+            table_id=state.delta_table_id,
+            files=state.delta_files,
+        )
+        if change.kind is ChangeKind.CHANGED:
+            held = latest.loadable_version(state.delta_version)
+            if held is not None:
+                try:
+                    reconcile_schemas(latest.spec, held.columns(), pg_columns)
+                    return (
+                        held,
+                        f"Delta version {held.version} (the synced one; Delta changed since)",
+                    )
+                except ReplicationError:
+                    pass
+            return latest, (
+                f"Delta version {latest.version} (the latest: the synced version "
+                f"{state.delta_version} can no longer be read as Postgres holds it)"
+            )
+        if change.kind is ChangeKind.UNKNOWN:
+            return latest, f"Delta version {latest.version} (the latest; {change.reason})"
+        return latest, f"Delta version {latest.version} (unchanged since the sync)"
 
 
 def compare_rows(
-    schema: TableSchema,
-    delta: list[RowFingerprint],
-    postgres: list[RowFingerprint],
-    result: DiffResult,
-    limit: int,
-) -> None:
-    """Adds the differences between two multisets of rows to `result`, up to `limit` in all."""
-    names = [c.name for c in schema.key_columns]
-    value_names = [c.name for c in schema.value_columns]
-    by_key: dict[int, tuple[list[RowFingerprint], list[RowFingerprint]]] = defaultdict(
-        lambda: ([], [])
-    )
+    schema: TableSchema, delta: Iterator[SideRow], postgres: Iterator[SideRow]
+) -> Iterator[Difference]:
+    """The differences between two multisets of rows of the same buckets, key by key."""
+    columns = schema.value_columns
+    position = {c.name: i for i, c in enumerate(columns)}
+    key_positions = [position[name] for name in schema.spec.key_columns]  # the configured order
+    key_columns = [columns[i] for i in key_positions]
+
+    def key_of(row: SideRow) -> tuple[Scalar, ...]:
+        return tuple(json_value(row.values[i], columns[i]) for i in key_positions)
+
+    by_key: dict[tuple[int, tuple[Scalar, ...]], tuple[list[SideRow], list[SideRow]]]
+    by_key = defaultdict(lambda: ([], []))
     for row in delta:
-        by_key[row.key_hash][0].append(row)
+        by_key[(row.key_hash, key_of(row))][0].append(row)
     for row in postgres:
-        by_key[row.key_hash][1].append(row)
-    for in_delta, in_postgres in sorted(
-        by_key.values(), key=lambda pair: str((pair[0] or pair[1])[0].key)
-    ):
-        for row in list(in_delta):
-            match = next((p for p in in_postgres if p.row_hash == row.row_hash), None)
+        by_key[(row.key_hash, key_of(row))][1].append(row)
+    order = sorted(by_key, key=lambda k: tuple(text_of(v) or "" for v in k[1]))
+    for group in order:
+        in_delta, in_postgres = by_key[group]
+        key = {c.name: v for c, v in zip(key_columns, group[1], strict=True)}
+        copies = (len(in_delta), len(in_postgres))
+        unmatched_delta = list(in_delta)
+        unmatched_postgres = list(in_postgres)
+        for row in in_delta:
+            match = next((p for p in unmatched_postgres if p.row_hash == row.row_hash), None)
             if match is not None:
-                in_delta.remove(row)
-                in_postgres.remove(match)
-        for d, p in zip(in_delta, in_postgres, strict=False):
-            columns = [n for n, a, b in zip(value_names, d.fields, p.fields, strict=True) if a != b]
-            result.changed.append({"key": dict(zip(names, d.key, strict=True)), "columns": columns})
-        paired = min(len(in_delta), len(in_postgres))
-        result.only_in_delta += [dict(zip(names, r.key, strict=True)) for r in in_delta[paired:]]
-        result.only_in_postgres += [
-            dict(zip(names, r.key, strict=True)) for r in in_postgres[paired:]
-        ]
-    overflow = result.found - limit
-    if overflow > 0:
-        result.truncated = True
-        for bucket in (result.only_in_postgres, result.only_in_delta, result.changed):
-            cut = min(overflow, len(bucket))
-            del bucket[len(bucket) - cut :]
-            overflow -= cut
+                unmatched_delta.remove(row)
+                unmatched_postgres.remove(match)
+        if not unmatched_delta and not unmatched_postgres:
+            continue  # every row has its twin: the bucket differed elsewhere
+        if not in_postgres:
+            yield Difference("only_in_delta", key, *copies)
+        elif not in_delta:
+            yield Difference("only_in_postgres", key, *copies)
+        elif copies[0] != copies[1]:
+            yield Difference("duplicated", key, *copies)
+        for d, p in zip(unmatched_delta, unmatched_postgres, strict=False):
+            changed = tuple(
+                ColumnDifference(c.name, json_value(a, c), json_value(b, c))
+                for c, a, b, fa, fb in zip(
+                    columns, d.values, p.values, d.fields, p.fields, strict=True
+                )
+                if fa != fb
+            )
+            if changed and copies[0] == copies[1]:
+                yield Difference("changed", key, *copies, columns=changed)
 
 
 def diff_month(
-    db: Database, settings: Settings, spec: TableSpec, year_month: YearMonth, limit: int
+    table: str,
+    year_month: str | YearMonth,
+    *,
+    settings: Settings | None = None,
+    limit: int | None = None,
+    output: str | Path | None = None,
 ) -> DiffResult:
-    """Differences between Postgres and the Delta version sync state says it holds
-    (the latest version when the month was never synced)."""
-    if limit < 1:
-        raise InputError("--limit must be at least 1")
-    latest = DeltaTableReader(spec, settings.table_uri(spec), settings.delta.storage_options)
-    buckets = settings.digest.buckets
-    with db.connect() as conn, db.errors("Postgres failed"):
-        open_snapshot_transaction(conn)
-        state = read_sync_state(conn, spec.name, str(year_month))
-        version = state.delta_version if state and state.delta_version is not None else None
-        snapshot = latest if version is None else latest.at_version(version)
-        schema = reconcile_schemas(spec, snapshot.columns(), postgres_columns(conn, spec))
-        delta = DeltaSide(snapshot, schema, year_month, settings.postgres.batch_rows)
-        postgres = PostgresSide(conn, schema, year_month)
-        postgres.verify_hash_function()
-        result = DiffResult(spec.name, str(year_month), snapshot.version)
-        delta_digest, postgres_digest = delta.digest(buckets), postgres.digest(buckets)
-        pending = delta_digest.differing_buckets(postgres_digest)
-        while pending and result.found < limit:
-            chunk: list[int] = []
-            rows = 0
-            while pending and (not chunk or rows < ROWS_PER_PASS):
-                bucket = pending.pop(0)
-                chunk.append(bucket)
-                rows += max(delta_digest.counts[bucket], postgres_digest.counts[bucket])
-            compare_rows(
-                schema,
-                delta.fingerprints(buckets, chunk),
-                postgres.fingerprints(buckets, chunk),
-                result,
-                limit,
-            )
-        result.truncated = result.truncated or bool(pending)
-        conn.rollback()
-    return result
+    """The differences of one month of one configured table (settings from the environment by
+    default), all of them unless `limit`; for notebooks: `diff_month(...).to_pandas()`."""
+    settings = settings or load_settings()
+    month = year_month if isinstance(year_month, YearMonth) else YearMonth.parse(year_month)
+    differ = Differ(Database.for_settings(settings, "reconciler-diff"), settings)
+    return differ.diff(
+        settings.table(table), month, limit=limit, output=Path(output) if output else None
+    )
+
+
+__all__ = ["DiffResult", "Differ", "Difference", "diff_month", "json_value", "render_value"]

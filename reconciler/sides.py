@@ -1,37 +1,36 @@
-"""The sides of a comparison behind one interface: each gives a month's count, its digest, and
-the fingerprints of the rows in chosen buckets, computed where its data lives.
+"""The sides of a comparison behind one interface: each gives a month's count, its digest, and the
+rows of chosen buckets (typed values and contract encodings), computed where its data lives.
 
 `PostgresSide` runs one server-side query per question (no rows transferred for a digest);
-`DeltaSide` streams the snapshot through DataFusion in bounded batches; `RecordedSide` is the
-digest the writer recorded at sync of the rows it copied (no data read at all).
+`DeltaSide` streams the snapshot through DataFusion in bounded batches, and can keep what it
+hashed on disk so that a second pass (the diff's) reads rows back instead of hashing the month
+again; `RecordedSide` is the digest the writer recorded at sync (no data read at all).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import logging
-import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 import pyarrow as pa
 from psycopg import sql
+from pyarrow import ipc
 
 from replicator.contract import (
-    DATAFUSION,
     POSTGRES,
     DeltaHasher,
     DigestAccumulator,
     MonthDigest,
     as_signed,
-    hash_bytes_extended,
+    bucket_of,
     postgres_bucket,
     postgres_hash,
-    prepare_batch,
     verify_server_hash,
 )
 from replicator.delta import DeltaTableReader
@@ -43,30 +42,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RowFingerprint:
-    """One row as the diff sees it: its key for people, and encodings to compare."""
+class SideRow:
+    """One row of one side, as the diff sees it."""
 
-    key: tuple[Any, ...]
     key_hash: int
     row_hash: int
-    fields: tuple[str, ...]
-
-
-def display_value(value: Any) -> Any:
-    """A key value as JSON shows it, the same whichever side it came from."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC)
-        return value.isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+    values: tuple[Any, ...]  # typed values of the schema's value columns, in digest order
+    fields: tuple[str, ...]  # their contract encodings: equal encodings, equal values
 
 
 class MonthSide(ABC):
@@ -81,8 +63,8 @@ class MonthSide(ABC):
     def digest(self, buckets: int) -> MonthDigest: ...
 
     @abstractmethod
-    def fingerprints(self, buckets: int, selected: list[int]) -> list[RowFingerprint]:
-        """Rows whose key falls in one of the `selected` buckets."""
+    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
+        """The rows whose key falls in one of the `selected` buckets."""
 
 
 class PostgresSide(MonthSide):
@@ -123,45 +105,50 @@ class PostgresSide(MonthSide):
         rows = self.conn.execute(query, (str(self.year_month),)).fetchall()
         return MonthDigest.from_pairs(buckets, [(int(b), int(c), int(s)) for b, c, s in rows])
 
-    def fingerprints(self, buckets: int, selected: list[int]) -> list[RowFingerprint]:
-        keys = [sql.Identifier(c.name) for c in self.schema.key_columns]
-        fields = [sql.SQL(POSTGRES.field(c)) for c in self.schema.value_columns]
+    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
+        columns = self.schema.value_columns
         query = sql.SQL(
-            "SELECT {keys}, {key}, {row}, {fields} FROM {table}"
+            "SELECT {key}, {row}, {values}, {fields} FROM {table}"
             " WHERE year_month = %s AND {bucket} = ANY(%s)"
         ).format(
-            keys=sql.SQL(", ").join(keys),
             key=sql.SQL(postgres_hash(self._key)),
             row=sql.SQL(postgres_hash(self._row)),
-            fields=sql.SQL(", ").join(fields),
+            values=sql.SQL(", ").join(sql.Identifier(c.name) for c in columns),
+            fields=sql.SQL(", ").join(sql.SQL(POSTGRES.field(c)) for c in columns),
             table=self.schema.qualified_table,
             bucket=sql.SQL(postgres_bucket(self._key, buckets)),
         )
-        width = len(keys)
-        return [
-            RowFingerprint(
-                tuple(display_value(v) for v in row[:width]),
-                row[width],
-                row[width + 1],
-                tuple(row[width + 2 :]),
-            )
-            for row in self.conn.execute(query, (str(self.year_month), selected))
-        ]
+        width = len(columns)
+        # Binary results: values exactly as stored, whatever the session's output settings.
+        for row in self.conn.execute(query, (str(self.year_month), list(selected)), binary=True):
+            yield SideRow(row[0], row[1], tuple(row[2 : 2 + width]), tuple(row[2 + width :]))
 
 
 class DeltaSide(MonthSide):
-    """The Delta snapshot at the reader's pinned version, hashed batch by batch."""
+    """The Delta snapshot at the reader's pinned version, hashed batch by batch.
+
+    With a `spill` directory, `digest` also writes every batch it hashed, with each row's key
+    and row hash, to an Arrow IPC file there (disk, not memory); `rows` then reads the rows of
+    the chosen buckets back from it instead of reading and hashing the month again.
+    """
 
     name = "delta"
 
     def __init__(
-        self, reader: DeltaTableReader, schema: TableSchema, year_month: YearMonth, batch_rows: int
+        self,
+        reader: DeltaTableReader,
+        schema: TableSchema,
+        year_month: YearMonth,
+        batch_rows: int,
+        *,
+        spill: Path | None = None,
     ) -> None:
         self.schema, self.year_month = schema, year_month
         self.reader = reader
         self.batch_rows = batch_rows
         self.hasher = DeltaHasher(schema)
-        self._columns = self.hasher.columns
+        self._spill_dir = spill
+        self._spilled: Path | None = None
 
     def count(self) -> int:
         counted = self.reader.month_row_count(self.year_month)
@@ -169,61 +156,71 @@ class DeltaSide(MonthSide):
             return counted
         return sum(b.num_rows for b in self._batches())
 
-    def _batches(self) -> Any:
-        names = [c.name for c in self._columns]
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        names = [c.name for c in self.hasher.columns]
         return self.reader.scan_month(self.year_month, names, self.batch_rows)
 
     def digest(self, buckets: int) -> MonthDigest:
         accumulator = DigestAccumulator(buckets)
-        for batch in self._batches():
-            self.hasher.add(accumulator, batch)
+        writer: ipc.RecordBatchFileWriter | None = None
+        path = self._spill_dir / f"delta-{id(self)}.arrow" if self._spill_dir else None
+        try:
+            for batch in self._batches():
+                if not batch.num_rows:
+                    continue
+                keys, rows = self.hasher.hashes(
+                    batch, keys=buckets > 1 or path is not None, aligned=path is not None
+                )
+                accumulator.add(bucket_of(keys, buckets, len(rows)), rows)
+                if path is not None and keys is not None:
+                    kept = batch.append_column("__key", pa.array(keys)).append_column(
+                        "__row", pa.array(rows)
+                    )
+                    if writer is None:
+                        writer = ipc.new_file(str(path), kept.schema)
+                    writer.write_batch(kept)
+        finally:
+            if writer is not None:
+                writer.close()
+        self._spilled = path if writer is not None else None
         return accumulator.result()
 
-    def fingerprints(self, buckets: int, selected: list[int]) -> list[RowFingerprint]:
+    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
         wanted = np.array(sorted(selected), dtype=np.uint64)
-        mask = np.uint64(buckets - 1)
-        fields = ", ".join(f"{DATAFUSION.field(c)} AS f{i}" for i, c in enumerate(self._columns))
-        # DataFusion may reorder rows across partitions: every result carries its row number.
-        select_keys = f"SELECT __row, {self.hasher.key_sql} AS k FROM b"  # noqa: S608
-        select_rows = (
-            f"SELECT __row, {self.hasher.key_sql} AS k, {self.hasher.row_sql} AS r, {fields} FROM b"  # noqa: S608
-        )
-        key_names = [c.name for c in self.schema.key_columns]
-        found: list[RowFingerprint] = []
-        for batch in self._batches():
-            prepared = prepare_batch(batch, self._columns)
-            prepared = prepared.append_column("__row", pa.array(np.arange(batch.num_rows)))
-            keyed = self.hasher.query(prepared, select_keys)
-            in_selected = np.isin(hash_bytes_extended(keyed.column("k")) & mask, wanted)
-            if not in_selected.any():
+        for batch in self._kept():
+            keys = batch.column("__key").to_numpy()
+            chosen = np.flatnonzero(np.isin(bucket_of(keys, buckets, len(keys)), wanted))
+            if not len(chosen):
                 continue
-            rows = pa.array(keyed.column("__row").to_numpy()[in_selected])
-            key_values = batch.select(key_names).take(rows).to_pylist()
-            encoded = self.hasher.query(prepared.take(rows), select_rows)
-            key_hashes = as_signed(hash_bytes_extended(encoded.column("k"))).tolist()
-            row_hashes = as_signed(hash_bytes_extended(encoded.column("r"))).tolist()
-            encodings = zip(
-                *(encoded.column(f"f{i}").to_pylist() for i in range(len(self._columns))),
-                strict=True,
+            picked = batch.take(pa.array(chosen))
+            values = picked.select([c.name for c in self.hasher.columns])
+            rows = zip(
+                *(values.column(i).to_pylist() for i in range(values.num_columns)), strict=True
             )
-            by_row = {
-                position: (key_hash, row_hash, tuple(values))
-                for position, key_hash, row_hash, values in zip(
-                    encoded.column("__row").to_pylist(),
-                    key_hashes,
-                    row_hashes,
-                    encodings,
-                    strict=True,
+            for key, row, typed, fields in zip(
+                as_signed(picked.column("__key").to_numpy()).tolist(),
+                as_signed(picked.column("__row").to_numpy()).tolist(),
+                rows,
+                self.hasher.fields(values),
+                strict=True,
+            ):
+                yield SideRow(key, row, tuple(typed), fields)
+
+    def _kept(self) -> Iterator[pa.RecordBatch]:
+        """The hashed batches: from the spill when there is one, else hashed again."""
+        if self._spilled is not None:
+            with pa.memory_map(str(self._spilled)) as source:
+                reader = ipc.open_file(source)
+                for index in range(reader.num_record_batches):
+                    yield reader.get_batch(index)
+            return
+        for batch in self._batches():
+            if batch.num_rows:
+                keys, rows = self.hasher.hashes(batch, keys=True, aligned=True)
+                assert keys is not None
+                yield batch.append_column("__key", pa.array(keys)).append_column(
+                    "__row", pa.array(rows)
                 )
-            }
-            for position, key in zip(rows.to_pylist(), key_values, strict=True):
-                key_hash, row_hash, values = by_row[position]
-                found.append(
-                    RowFingerprint(
-                        tuple(display_value(key[n]) for n in key_names), key_hash, row_hash, values
-                    )
-                )
-        return found
 
 
 class RecordedSide(MonthSide):
@@ -252,5 +249,5 @@ class RecordedSide(MonthSide):
             raise ValueError("the digest recorded at sync has one bucket")
         return self._digest
 
-    def fingerprints(self, buckets: int, selected: list[int]) -> list[RowFingerprint]:
+    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
         raise ValueError("the recorded side holds a digest, not rows")

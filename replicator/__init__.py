@@ -5,6 +5,8 @@ The ranking job calls `write_signals_for_year_month(year_month)` right after its
 
 from __future__ import annotations
 
+__version__ = "0.2.0"  # the one version of the project (pyproject reads it from here)
+
 from replicator.config import Settings, TableSpec, load_settings
 from replicator.writer import MonthWriter, WriteResult, write_months
 from replicator.yearmonth import YearMonth
@@ -51,6 +53,7 @@ __all__ = [
     "TableSpec",
     "WriteResult",
     "YearMonth",
+    "__version__",
     "write_month",
     "write_signals_for_year_month",
 ]

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from replicator.errors import ReplicationError
+from replicator import __version__
 from replicator.options import (
     EXIT_ERROR,
     EXIT_FINDING,
@@ -14,12 +14,12 @@ from replicator.options import (
     YEAR_MONTH,
     Commands,
     build_settings,
-    configure_logging,
     emit_json,
-    exit_code_for,
     fail,
-    hide_dsn_from_process_title,
+    json_context,
+    json_option,
     settings_options,
+    start,
 )
 from replicator.writer import WriteStatus, write_months
 from replicator.yearmonth import YearMonth
@@ -28,12 +28,13 @@ logger = logging.getLogger(__name__)
 
 
 @click.group(cls=Commands)
+@click.version_option(__version__, prog_name="replicator")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--json-logs", is_flag=True, help="Log one JSON object per line on stderr.")
-def main(verbose: bool, json_logs: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, json_logs: bool) -> None:
     """Replicate months of ranking signals from Delta Lake to Postgres."""
-    hide_dsn_from_process_title()
-    configure_logging(verbose, json_logs)
+    start(ctx, verbose, json_logs)
 
 
 @main.command()
@@ -56,7 +57,7 @@ def main(verbose: bool, json_logs: bool) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace content synced from a newer Delta version.")
 @click.option("--run-id", default=None, help="Id recorded in sync state (default: random).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 @settings_options
 def write(
     year_month: YearMonth,
@@ -70,31 +71,39 @@ def write(
     delta_root: str | None,
     config_path: str | None,
 ) -> None:
-    """Replicate one month of each table in one transaction per table."""
+    """Replicate one month of each table in one transaction per table.
+
+    Exit 0 written (or skipped without POSTGRES_DSN), 1 Postgres holds a newer Delta version,
+    2 error.
+    """
+    json_context(year_month=year_month)
     settings = build_settings(dsn, delta_root, config_path)
     try:
         specs = settings.select_tables(tables)
     except ValueError as exc:
         fail(str(exc))
-    try:
-        results = write_months(
-            settings,
-            year_month,
-            specs,
-            delta_version=delta_version,
-            allow_empty=allow_empty,
-            force=force,
-            run_id=run_id,
-        )
-    except ReplicationError as exc:
-        if as_json:
-            emit_json({"year_month": str(year_month), "status": "error", "error": str(exc)})
-        fail(str(exc), exit_code_for(exc))
-    if as_json:
-        emit_json({"year_month": str(year_month), "tables": [r.as_dict() for r in results]})
+    results = write_months(
+        settings,
+        year_month,
+        specs,
+        delta_version=delta_version,
+        allow_empty=allow_empty,
+        force=force,
+        run_id=run_id,
+    )
     statuses = {r.status for r in results}
+    failed = WriteStatus.FAILED in statuses and settings.postgres.write_required
+    if as_json:
+        status = "stale" if WriteStatus.STALE in statuses else "failed" if failed else "ok"
+        emit_json(
+            {
+                "year_month": str(year_month),
+                "status": status,
+                "tables": [r.as_dict() for r in results],
+            }
+        )
     if WriteStatus.STALE in statuses:
         raise SystemExit(EXIT_FINDING)
-    if WriteStatus.FAILED in statuses and settings.postgres.write_required:
+    if failed:
         raise SystemExit(EXIT_ERROR)
     raise SystemExit(EXIT_OK)

@@ -105,13 +105,30 @@ class TableSpec:
 
     def delta_uri(self, root: str | None) -> str:
         if self.delta_location:
-            return self.delta_location
+            return check_delta_location(self.delta_location, f"table {self.name}")
         if not root:
             raise ConfigError(
                 f"table {self.name}: no Delta location; set SIGNALS_DELTA_ROOT, --delta-root "
                 "or tables.delta_location"
             )
-        return root.rstrip("/") + "/" + self.name
+        return check_delta_location(root, "the Delta root").rstrip("/") + "/" + self.name
+
+
+# Where the Delta tables may live: local disk, or Azure storage (ADLS Gen2, Blob) through
+# delta-rs's object store.
+DELTA_SCHEMES = ("file", "az", "azure", "abfs", "abfss", "adl")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def check_delta_location(uri: str, what: str) -> str:
+    match = _SCHEME.match(uri)
+    if match and match.group(1).lower() not in DELTA_SCHEMES:
+        supported = ", ".join(f"{s}://" for s in DELTA_SCHEMES)
+        raise ConfigError(
+            f"{what} {uri!r} uses the unsupported scheme {match.group(1)}:// (supported: a local "
+            f"path, {supported})"
+        )
+    return uri
 
 
 DEFAULT_TABLES: tuple[TableSpec, ...] = (

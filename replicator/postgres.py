@@ -19,13 +19,35 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 
 from replicator.config import Settings
-from replicator.errors import InputError, PostgresError
+from replicator.errors import InputError, NotMigratedError, PostgresError
 from replicator.secrets import Dsn
 
 logger = logging.getLogger(__name__)
 
 SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp"
 DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, adbc_driver_manager.Error)
+
+
+# undefined_table, invalid_schema_name, undefined_function: what an unmigrated database answers
+_NOT_MIGRATED = frozenset({"42P01", "3F000", "42883"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    code = getattr(exc, "sqlstate", None)
+    return str(code) if code else None
+
+
+def _connect_failure(text: str) -> str:
+    """libpq's account of a failed connection, reduced to its cause."""
+    lowered = text.lower()
+    if "connection refused" in lowered:
+        return "connection refused (is the server running and listening on that host and port?)"
+    if "timeout expired" in lowered:
+        return "no answer within connect_timeout_seconds (a firewall, or a hung server?)"
+    if "could not translate host name" in lowered or "name or service not known" in lowered:
+        return "unknown host name"
+    cause = text.rsplit("failed: ", 1)[-1]
+    return cause.removeprefix("FATAL: ").strip()
 
 
 def one_line(text: str) -> str:
@@ -103,8 +125,17 @@ class Database:
         return one_line(self.dsn.scrub(text))
 
     def translate(self, exc: BaseException, what: str) -> PostgresError:
-        """A driver error as a one-line `PostgresError` that starts with `what`."""
-        return PostgresError(f"{what}: {self.scrub(str(exc))}")
+        """A driver error as a one-line `PostgresError` that starts with `what` and says what
+        to do where it can: a missing schema is `NotMigratedError`."""
+        text = self.scrub(str(exc))
+        if _sqlstate(exc) in _NOT_MIGRATED and "ranking" in text:
+            first = text.split(" LINE ", 1)[0]
+            return NotMigratedError(
+                f"the database {self.target} is not migrated ({first}): run `reconciler migrate`"
+            )
+        if what.startswith("cannot connect"):
+            return PostgresError(f"{what}: {_connect_failure(text)}")
+        return PostgresError(f"{what}: {text}")
 
     @contextlib.contextmanager
     def errors(self, what: str) -> Iterator[None]:

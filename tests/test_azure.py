@@ -109,7 +109,7 @@ def test_replicate_check_diff_repair_on_azure(
     assert checker.check(spec, OCT, deep=True).status == "in_sync"
     pg.execute("UPDATE ranking.ranking_signal SET value = 0.5 WHERE rank = 17")
     assert checker.check(spec, OCT).status == "drift"
-    diff = diff_month(checker.db, configured, spec, OCT, limit=100)
-    assert diff.changed and all(c["columns"] == ["value"] for c in diff.changed)
+    diff = diff_month("ranking_signal", "2026-10", settings=configured).as_dict()
+    assert diff["changed"] and all(c["columns"] == ["value"] for c in diff["changed"])
     assert Repairer.for_settings(configured, actor="test").repair(spec, OCT).outcome == "repaired"
     assert checker.check(spec, OCT, deep=True).status == "in_sync"

@@ -18,6 +18,7 @@ from replicator.contract.encoding import (
 from replicator.contract.hasher import (
     KNOWN_ANSWER_TEXT,
     DeltaHasher,
+    bucket_of,
     postgres_bucket,
     postgres_hash,
     verify_server_hash,
@@ -35,6 +36,7 @@ __all__ = [
     "Encoder",
     "MonthDigest",
     "as_signed",
+    "bucket_of",
     "hash_bytes_extended",
     "postgres_bucket",
     "postgres_hash",

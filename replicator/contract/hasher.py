@@ -8,6 +8,7 @@ from typing import Any
 
 import datafusion
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 from psycopg import sql
 
@@ -68,19 +69,54 @@ class DeltaHasher:
         finally:
             self._context.deregister_table("b")
 
+    def hashes(
+        self, batch: pa.RecordBatch, *, keys: bool, aligned: bool = False
+    ) -> tuple[npt.NDArray[np.uint64] | None, npt.NDArray[np.uint64]]:
+        """(key hashes, row hashes) of a batch of raw Delta rows; no key hashes unless asked
+        (a one-bucket digest needs none). A digest does not care in which order they come
+        (DataFusion may return its partitions in any order); `aligned` puts them in the
+        batch's row order."""
+        key = self.key_sql if keys else "''"
+        prepared = prepare_batch(batch, self.columns)
+        position = ""
+        if aligned:
+            prepared = prepared.append_column("__pos", pa.array(np.arange(batch.num_rows)))
+            position = ", __pos"
+        select = f"SELECT {key} AS k, {self.row_sql} AS r{position} FROM b"  # noqa: S608
+        result = self.query(prepared, select)
+        rows = hash_bytes_extended(result.column("r"))
+        key_hashes = hash_bytes_extended(result.column("k")) if keys else None
+        if aligned:
+            order = np.argsort(result.column("__pos").to_numpy())
+            rows = rows[order]
+            key_hashes = key_hashes[order] if key_hashes is not None else None
+        return key_hashes, rows
+
     def add(self, accumulator: DigestAccumulator, batch: pa.RecordBatch) -> None:
         """Folds a batch of raw Delta rows into `accumulator`."""
         if not batch.num_rows:
             return
-        buckets = accumulator.buckets
-        # One bucket (the check) needs no key encoding at all.
-        key = self.key_sql if buckets > 1 else "''"
-        select = f"SELECT {key} AS k, {self.row_sql} AS r FROM b"  # noqa: S608
-        result = self.query(prepare_batch(batch, self.columns), select)
-        hashes = hash_bytes_extended(result.column("r"))
-        if buckets > 1:
-            accumulator.add(
-                hash_bytes_extended(result.column("k")) & np.uint64(buckets - 1), hashes
-            )
-        else:
-            accumulator.add(np.zeros(len(hashes), dtype=np.uint64), hashes)
+        keys, rows = self.hashes(batch, keys=accumulator.buckets > 1)
+        accumulator.add(bucket_of(keys, accumulator.buckets, len(rows)), rows)
+
+    def fields(self, batch: pa.RecordBatch) -> list[tuple[str, ...]]:
+        """Each row's field encodings (column by column), to tell which columns differ."""
+        if not batch.num_rows:
+            return []
+        select = ", ".join(f"{DATAFUSION.field(c)} AS f{i}" for i, c in enumerate(self.columns))
+        # DataFusion may reorder rows across partitions: every result carries its position.
+        prepared = prepare_batch(batch, self.columns)
+        prepared = prepared.append_column("__row", pa.array(np.arange(batch.num_rows)))
+        encoded = self.query(prepared, f"SELECT __row, {select} FROM b")  # noqa: S608
+        order = np.argsort(encoded.column("__row").to_numpy()).tolist()
+        columns = [encoded.column(f"f{i}").to_pylist() for i in range(len(self.columns))]
+        return [tuple(column[i] for column in columns) for i in order]
+
+
+def bucket_of(
+    key_hashes: npt.NDArray[np.uint64] | None, buckets: int, rows: int
+) -> npt.NDArray[np.uint64]:
+    """Each row's bucket: its key hash masked to the bucket count (a power of two)."""
+    if key_hashes is None or buckets == 1:
+        return np.zeros(rows, dtype=np.uint64)
+    return key_hashes & np.uint64(buckets - 1)

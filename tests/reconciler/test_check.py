@@ -169,15 +169,18 @@ def test_check_and_diff_json_and_exit_codes(
     result = run("diff", "--year-month", "2026-10", "--table", "ranking_signal", "--json")
     assert result.exit_code == 1
     document = json.loads(result.stdout)
-    assert document["changed"] == [
-        {
-            "key": {"signal_date": "2026-10-02", "entity_id": "entity-0", "signal_name": "ctr"},
-            "columns": ["rank"],
-        }
-    ]
+    (changed,) = document["changed"]
+    assert changed["key"] == {
+        "signal_date": "2026-10-02",
+        "entity_id": "entity-0",
+        "signal_name": "ctr",
+    }
+    assert list(changed["key"]) == ["signal_date", "entity_id", "signal_name"]  # key order
+    assert changed["columns"] == ["rank"]
+    assert changed["values"]["rank"]["postgres"] == changed["values"]["rank"]["delta"] + 1
     assert document["truncated"] is False
     human = run("diff", "--year-month", "2026-10", "--table", "ranking_signal")
-    assert "1 changed" in human.stdout and "columns: rank" in human.stdout
+    assert "1 changed" in human.stdout and "rank  Delta" in human.stdout
 
     pg.execute("DELETE FROM ranking.ranking_signal WHERE entity_id = 'entity-0'")
     limited = run(
@@ -186,6 +189,7 @@ def test_check_and_diff_json_and_exit_codes(
     document = json.loads(limited.stdout)
     assert document["truncated"] is True
     assert len(document["only_in_delta"]) + len(document["changed"]) == 2
+    assert document["totals"]["only_in_delta"] + document["totals"]["changed"] > 2
 
 
 @pytest.mark.parametrize(

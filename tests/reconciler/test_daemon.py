@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from reconciler import __version__
 from reconciler.cli import main
 from reconciler.daemon import Daemon
 from reconciler.leader import LeaderLock
@@ -93,7 +94,7 @@ def test_cycle_statuses_metrics_and_idle_cycles(
         )
         assert value(samples, "reconciler_checks_total", table="ranking_signal") == 2
         assert value(samples, "reconciler_source_up", source="postgres") == 1
-        assert value(samples, "reconciler_build_info", version="0.1.0") == 1
+        assert value(samples, "reconciler_build_info", version=__version__) == 1
         assert ("reconciler_last_cycle_timestamp_seconds", ()) in samples
         # Nothing changed: the next cycle compares nothing.
         assert daemon.run_cycle().checked == 0

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from reconciler.check import Checker
-from reconciler.diff import diff_month
+from reconciler.diff import Differ
 from reconciler.sample import write_delta_month
 from replicator.config import Settings, load_settings, with_overrides
 from replicator.postgres import Database
@@ -145,7 +145,7 @@ def contract(pg: psycopg.Connection[Any], pg_dsn: str, tmp_path: Path) -> Iterat
 
         def diff(self, month: YearMonth = OCT) -> Any:
             db = Database.for_settings(self.settings)
-            return diff_month(db, self.settings, alltypes.SPEC, month, limit=50)
+            return Differ(db, self.settings).diff(alltypes.SPEC, month, limit=50).as_dict()
 
         def session(self, values: dict[str, str]) -> None:
             for name, value in values.items():
@@ -248,16 +248,16 @@ def test_smallest_change_is_drift_and_diff_names_the_column(
     assert result.status == "drift"
     assert result.delta_rows == result.postgres_rows
     diff = synced.diff()
-    assert diff.only_in_delta == [] and diff.only_in_postgres == []
-    assert len(diff.changed) == 1
-    assert diff.changed[0]["columns"] == [column]
+    assert diff["only_in_delta"] == [] and diff["only_in_postgres"] == []
+    assert len(diff["changed"]) == 1
+    assert diff["changed"][0]["columns"] == [column]
 
 
 def test_deleted_row(synced: Any, pg: psycopg.Connection[Any]) -> None:
     pg.execute("DELETE FROM ranking.all_types WHERE k_int = 17")
     assert synced.check().status == "drift"
     diff = synced.diff()
-    assert (diff.only_in_delta, diff.only_in_postgres, diff.changed) == ([key(17)], [], [])
+    assert (diff["only_in_delta"], diff["only_in_postgres"], diff["changed"]) == ([key(17)], [], [])
 
 
 def test_duplicated_row(synced: Any, pg: psycopg.Connection[Any]) -> None:
@@ -265,7 +265,8 @@ def test_duplicated_row(synced: Any, pg: psycopg.Connection[Any]) -> None:
     result = synced.check()
     assert result.status == "drift" and "row counts differ" in result.reason
     diff = synced.diff()
-    assert (diff.only_in_delta, diff.only_in_postgres, diff.changed) == ([], [key(2)], [])
+    assert (diff["only_in_delta"], diff["only_in_postgres"], diff["changed"]) == ([], [], [])
+    assert diff["duplicated"] == [{"key": key(2), "delta_copies": 1, "postgres_copies": 2}]
 
 
 def test_row_moved_to_the_neighbouring_month(synced: Any, pg: psycopg.Connection[Any]) -> None:
@@ -276,9 +277,9 @@ def test_row_moved_to_the_neighbouring_month(synced: Any, pg: psycopg.Connection
     synced.replicate(november)
     pg.execute("UPDATE ranking.all_types SET year_month = '2026-11' WHERE k_int = 21")
     assert synced.check().status == "drift"
-    assert synced.diff().only_in_delta == [key(21)]
+    assert synced.diff()["only_in_delta"] == [key(21)]
     assert synced.check(november).status == "drift"
-    assert synced.diff(november).only_in_postgres == [key(21)]
+    assert synced.diff(november)["only_in_postgres"] == [key(21)]
 
 
 def test_values_swapped_between_two_rows(synced: Any, pg: psycopg.Connection[Any]) -> None:
@@ -290,8 +291,8 @@ def test_values_swapped_between_two_rows(synced: Any, pg: psycopg.Connection[Any
     assert result.status == "drift"
     assert result.delta_rows == result.postgres_rows
     diff = synced.diff()
-    assert sorted(c["key"]["k_int"] for c in diff.changed) == [30, 31]
-    assert all(c["columns"] == ["s"] for c in diff.changed)
+    assert sorted(c["key"]["k_int"] for c in diff["changed"]) == [30, 31]
+    assert all(c["columns"] == ["s"] for c in diff["changed"])
 
 
 def test_deleted_plus_inserted_row_with_equal_counts(
@@ -305,6 +306,6 @@ def test_deleted_plus_inserted_row_with_equal_counts(
     result = synced.check()
     assert result.status == "drift" and result.delta_rows == result.postgres_rows
     diff = synced.diff()
-    assert diff.only_in_delta == [key(33)]
-    assert diff.only_in_postgres == [{"k_text": "intruder", "k_int": 99}]
-    assert diff.changed == []
+    assert diff["only_in_delta"] == [key(33)]
+    assert diff["only_in_postgres"] == [{"k_text": "intruder", "k_int": 99}]
+    assert diff["changed"] == []
