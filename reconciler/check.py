@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from reconciler.sides import DeltaSide, MonthSide, PostgresSide, RecordedSide, SideRow
+from reconciler.sides import DeltaSide, MonthSide, PostgresSide, RecordedSide
 from reconciler.verdict import (
     Digest,
     Evidence,
@@ -117,17 +116,14 @@ class _Readable(MonthSide):
     def count(self) -> int:
         return self.recorded.count() if self.recorded is not None else self.old.count()
 
-    def digest(self, buckets: int) -> MonthDigest:
+    def digest(self) -> MonthDigest:
         try:
-            return self.old.digest(buckets)
+            return self.old.digest()
         except DeltaError:
             if self.recorded is None:
                 raise
             self.fell_back = True
-            return self.recorded.digest(buckets)
-
-    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
-        return self.old.rows(buckets, selected)
+            return self.recorded.digest()
 
 
 class _Contents:
@@ -163,16 +159,16 @@ class _Contents:
         elif Evidence.AS_SYNCED in needed and isinstance(self.as_synced, (DeltaSide, _Readable)):
             delta_side = self.as_synced
         with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(delta_side.digest, 1) if delta_side is not None else None
+            future = pool.submit(delta_side.digest) if delta_side is not None else None
             if Evidence.POSTGRES in needed:
-                self.digests["postgres"] = self.postgres.digest(1)
+                self.digests["postgres"] = self.postgres.digest()
                 if self.postgres_as_synced is not None:
-                    self.digests["postgres_as_synced"] = self.postgres_as_synced.digest(1)
+                    self.digests["postgres_as_synced"] = self.postgres_as_synced.digest()
             if Evidence.AS_SYNCED in needed and self.as_synced is not None:
                 if self.as_synced is delta_side and future is not None:
                     self.digests["as_synced"] = future.result()
                 else:
-                    self.digests["as_synced"] = self.as_synced.digest(1)
+                    self.digests["as_synced"] = self.as_synced.digest()
             if Evidence.DELTA_NOW in needed and future is not None:
                 self.digests["delta_now"] = future.result()
         return {name: Digest(d.rows, d.hex) for name, d in self.digests.items()}
@@ -313,7 +309,8 @@ class Checker:
         deep: bool,
     ) -> _Contents:
         batch_rows = self.settings.postgres.batch_rows
-        delta_now = DeltaSide(latest, schema, year_month, batch_rows)
+        workers = self.settings.digest.delta_workers
+        delta_now = DeltaSide(latest, schema, year_month, batch_rows, workers=workers)
         as_synced: MonthSide | None = None
         postgres_as_synced: PostgresSide | None = None
         if state is not None and state.delta_version is not None:
@@ -334,7 +331,8 @@ class Checker:
                         schema.spec, held.columns(), _columns_of(schema)
                     )
                     as_synced = _Readable(
-                        DeltaSide(held, held_schema, year_month, batch_rows), recorded
+                        DeltaSide(held, held_schema, year_month, batch_rows, workers=workers),
+                        recorded,
                     )
             if as_synced is None and not (deep and change.kind is ChangeKind.UNCHANGED):
                 as_synced = recorded

@@ -1,12 +1,14 @@
 """Which rows differ, and how: a drifted month narrowed to buckets, then to keys and values.
 
-Pass 1 computes both sides' bucket digests at once (Delta in a thread, keeping what it hashed on
-disk; Postgres in the server). Pass 2 reads back only the rows of the differing buckets, from
-the Delta side's spill and from one Postgres query, a bounded number at a time. Rows are matched
-by key as multisets, so each differing key is reported as what it is: only in Delta, only in
-Postgres, duplicated (with the copies on each side), or changed (with each differing column's
-Delta and Postgres values, rendered as the column's type). Totals always count everything;
-`limit` only limits what is listed; `output` writes every difference to Parquet or CSV.
+Pass 1 digests both sides at once by row-hash bucket, each keeping on disk what finds a row
+again: the Delta side every batch it hashed (Arrow IPC), the Postgres side each row's hash and
+ctid (read as Arrow through ADBC, in the same snapshot). Pass 2 reads back only the rows of the
+differing buckets, from the Delta spill and by ctid from Postgres, a bounded number at a time;
+neither side is hashed twice. Rows are matched by key as multisets, so each differing key is
+reported as what it is: only in Delta, only in Postgres, duplicated (with the copies on each
+side), or changed (with each differing column's Delta and Postgres values, rendered as the
+column's type). Totals always count everything; `limit` only limits what is listed; `output`
+writes every difference to Parquet or CSV.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ logger = logging.getLogger(__name__)
 # Rows of differing buckets read per pass, bounding the diff's memory.
 ROWS_PER_PASS = 200_000
 # Rows per bucket aimed at: more buckets for bigger months, so a few changed rows fetch little.
-ROWS_PER_BUCKET = 512
-MAX_BUCKETS = 16_384
+ROWS_PER_BUCKET = 64
+MAX_BUCKETS = 65_536
 KINDS = ("only_in_delta", "only_in_postgres", "duplicated", "changed")
 
 
@@ -304,11 +306,11 @@ class Differ:
                 schema,
                 year_month,
                 self.settings.postgres.batch_rows,
-                spill=Path(spill),
+                workers=self.settings.digest.delta_workers,
             )
-            postgres = PostgresSide(conn, schema, year_month)
-            postgres_rows = postgres.count()
-            if not snapshot.has_month(year_month) and postgres_rows == 0:
+            postgres = PostgresSide(conn, schema, year_month, self.db)
+            postgres_count = postgres.count()
+            if not snapshot.has_month(year_month) and postgres_count == 0:
                 raise InputError(
                     f"table {spec.name}: month {year_month} is neither in Delta nor in Postgres"
                 )
@@ -321,11 +323,11 @@ class Differ:
                 spec.key_columns,
                 limit=limit,
             )
-            expected = max(postgres_rows, snapshot.month_row_count(year_month) or 0)
+            expected = max(postgres_count, snapshot.month_row_count(year_month) or 0)
             buckets = buckets_for(expected, self.settings.digest.buckets)
             with ThreadPoolExecutor(max_workers=1) as pool:
-                delta_future = pool.submit(delta.digest, buckets)
-                postgres_digest = postgres.digest(buckets)
+                delta_future = pool.submit(delta.bucketed, buckets, Path(spill))
+                postgres_digest = postgres.bucketed(buckets, Path(spill))
                 delta_digest = delta_future.result()
             pending = delta_digest.differing_buckets(postgres_digest)
             try:
@@ -336,9 +338,11 @@ class Differ:
                         bucket = pending.pop(0)
                         chunk.append(bucket)
                         rows += max(delta_digest.counts[bucket], postgres_digest.counts[bucket])
-                    for difference in compare_rows(
-                        schema, delta.rows(buckets, chunk), postgres.rows(buckets, chunk)
-                    ):
+                    with ThreadPoolExecutor(max_workers=1) as pool:
+                        delta_rows = pool.submit(list, delta.rows_in_buckets(buckets, chunk))
+                        postgres_rows = list(postgres.rows_in_buckets(buckets, chunk))
+                        found = compare_rows(schema, iter(delta_rows.result()), iter(postgres_rows))
+                    for difference in found:
                         result.add(difference)
                         if writer is not None:
                             writer.add(difference)
@@ -396,16 +400,15 @@ def compare_rows(
     def key_of(row: SideRow) -> tuple[Scalar, ...]:
         return tuple(json_value(row.values[i], columns[i]) for i in key_positions)
 
-    by_key: dict[tuple[int, tuple[Scalar, ...]], tuple[list[SideRow], list[SideRow]]]
+    by_key: dict[tuple[Scalar, ...], tuple[list[SideRow], list[SideRow]]]
     by_key = defaultdict(lambda: ([], []))
     for row in delta:
-        by_key[(row.key_hash, key_of(row))][0].append(row)
+        by_key[key_of(row)][0].append(row)
     for row in postgres:
-        by_key[(row.key_hash, key_of(row))][1].append(row)
-    order = sorted(by_key, key=lambda k: tuple(text_of(v) or "" for v in k[1]))
-    for group in order:
+        by_key[key_of(row)][1].append(row)
+    for group in sorted(by_key, key=lambda k: tuple(text_of(v) or "" for v in k)):
         in_delta, in_postgres = by_key[group]
-        key = {c.name: v for c, v in zip(key_columns, group[1], strict=True)}
+        key = {c.name: v for c, v in zip(key_columns, group, strict=True)}
         copies = (len(in_delta), len(in_postgres))
         unmatched_delta = list(in_delta)
         unmatched_postgres = list(in_postgres)

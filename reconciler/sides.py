@@ -27,13 +27,14 @@ from replicator.contract import (
     DeltaHasher,
     DigestAccumulator,
     MonthDigest,
+    ParallelHasher,
     as_signed,
     bucket_of,
-    postgres_bucket,
     postgres_hash,
     verify_server_hash,
 )
 from replicator.delta import DeltaTableReader
+from replicator.postgres import Database
 from replicator.schema import TableSchema
 from replicator.syncstate import SyncState
 from replicator.yearmonth import YearMonth
@@ -45,14 +46,18 @@ logger = logging.getLogger(__name__)
 class SideRow:
     """One row of one side, as the diff sees it."""
 
-    key_hash: int
     row_hash: int
     values: tuple[Any, ...]  # typed values of the schema's value columns, in digest order
     fields: tuple[str, ...]  # their contract encodings: equal encodings, equal values
 
 
 class MonthSide(ABC):
-    """One side of the comparison of one month of one table."""
+    """One side of the comparison of one month of one table.
+
+    `digest` is the month digest of the hash contract. For `reconciler diff`, `bucketed` splits
+    it by row-hash bucket (see `bucket_of`) and keeps on disk, under `spill`, what a second pass
+    needs to find each row again; `rows_in_buckets` then returns the rows of chosen buckets.
+    """
 
     name: str
 
@@ -60,11 +65,19 @@ class MonthSide(ABC):
     def count(self) -> int: ...
 
     @abstractmethod
-    def digest(self, buckets: int) -> MonthDigest: ...
+    def digest(self) -> MonthDigest: ...
 
-    @abstractmethod
-    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
-        """The rows whose key falls in one of the `selected` buckets."""
+    def bucketed(self, buckets: int, spill: Path) -> MonthDigest:
+        raise NotImplementedError(f"the {self.name} side holds no rows")
+
+    def rows_in_buckets(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
+        raise NotImplementedError(f"the {self.name} side holds no rows")
+
+
+_TID = np.dtype([("block", ">u4"), ("offset", ">u2")])
+# What the Postgres side keeps of each row: its hash and where it lies (its ctid).
+_POSITION = np.dtype([("hash", "<u8"), ("block", "<u4"), ("offset", "<u2")])
+_POSITIONS_PER_READ = 1 << 20
 
 
 class PostgresSide(MonthSide):
@@ -73,12 +86,17 @@ class PostgresSide(MonthSide):
     name = "postgres"
 
     def __init__(
-        self, conn: psycopg.Connection[Any], schema: TableSchema, year_month: YearMonth
+        self,
+        conn: psycopg.Connection[Any],
+        schema: TableSchema,
+        year_month: YearMonth,
+        db: Database | None = None,
     ) -> None:
         self.schema, self.year_month = schema, year_month
         self.conn = conn
-        self._key = POSTGRES.row(schema.key_columns)
+        self.db = db  # for a second connection in the same snapshot (bucketed digests)
         self._row = POSTGRES.row(schema.value_columns)
+        self._positions: Path | None = None
 
     def verify_hash_function(self) -> None:
         """Refuses to compare when the server's hash differs from ours (a big-endian server)."""
@@ -91,46 +109,81 @@ class PostgresSide(MonthSide):
         row = self.conn.execute(query, (str(self.year_month),)).fetchone()
         return int(row[0]) if row else 0
 
-    def digest(self, buckets: int) -> MonthDigest:
-        query = sql.SQL(
-            "SELECT bucket, count(*), sum(h) FROM (SELECT {bucket} AS bucket, {hash} AS h"
-            " FROM {table} WHERE year_month = %s) rows GROUP BY bucket"
-        ).format(
-            bucket=sql.SQL(postgres_bucket(self._key, buckets)),
-            hash=sql.SQL(postgres_hash(self._row)),
-            table=self.schema.qualified_table,
+    def digest(self) -> MonthDigest:
+        query = sql.SQL("SELECT count(*), sum({hash}) FROM {table} WHERE year_month = %s").format(
+            hash=sql.SQL(postgres_hash(self._row)), table=self.schema.qualified_table
         )
         # JIT compiling this expression costs more than it saves on a month's rows.
         self.conn.execute("SET LOCAL jit = off")
-        rows = self.conn.execute(query, (str(self.year_month),)).fetchall()
-        return MonthDigest.from_pairs(buckets, [(int(b), int(c), int(s)) for b, c, s in rows])
+        row = self.conn.execute(query, (str(self.year_month),)).fetchone()
+        count, total = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+        return MonthDigest.from_pairs(1, [(0, count, total)])
 
-    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
+    def bucketed(self, buckets: int, spill: Path) -> MonthDigest:
+        """Every row's hash (computed by the server) and ctid, read as Arrow batches through
+        ADBC on a second connection that shares this transaction's snapshot (about 24 bytes
+        a row), digested here by bucket and kept on disk."""
+        if self.db is None:
+            raise RuntimeError("a bucketed Postgres digest needs the Database")
+        snapshot = self.conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
+        assert snapshot is not None
+        query = sql.SQL("SELECT {hash} AS h, ctid FROM {table} WHERE year_month = $1").format(
+            hash=sql.SQL(postgres_hash(self._row)), table=self.schema.qualified_table
+        )
+        accumulator = DigestAccumulator(buckets)
+        path = spill / f"postgres-{id(self)}.positions"
+        with path.open("wb") as out, self.db.adbc_in_snapshot(str(snapshot[0])) as cursor:
+            cursor.execute(query.as_string(None), (str(self.year_month),))
+            for batch in cursor.fetch_record_batch():
+                self._add_rows(pa.record_batch(batch), accumulator, out)
+        self._positions = path
+        return accumulator.result()
+
+    @staticmethod
+    def _add_rows(batch: pa.RecordBatch, accumulator: DigestAccumulator, out: Any) -> None:
+        if not batch.num_rows:
+            return
+        hashes = batch.column(0).to_numpy().astype("<i8").view("<u8")
+        tids = batch.column(1)
+        tids = tids.storage if isinstance(tids, pa.ExtensionArray) else tids
+        # A tid is six bytes, big-endian: the block (4) and the item within it (2).
+        raw = np.frombuffer(tids.buffers()[2], _TID, count=len(tids), offset=6 * tids.offset)
+        accumulator.add(bucket_of(hashes, accumulator.buckets), hashes)
+        kept = np.empty(len(hashes), _POSITION)
+        kept["hash"], kept["block"], kept["offset"] = hashes, raw["block"], raw["offset"]
+        kept.tofile(out)
+
+    def rows_in_buckets(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
+        if self._positions is None:
+            raise RuntimeError("rows_in_buckets needs bucketed() first")
+        wanted = np.array(sorted(selected), dtype=np.uint64)
+        tids: list[str] = []
+        with self._positions.open("rb") as source:
+            while len(chunk := np.fromfile(source, _POSITION, _POSITIONS_PER_READ)):
+                chosen = chunk[np.isin(bucket_of(chunk["hash"], buckets), wanted)]
+                tids += [
+                    f"({b},{o})" for b, o in zip(chosen["block"], chosen["offset"], strict=True)
+                ]
         columns = self.schema.value_columns
         query = sql.SQL(
-            "SELECT {key}, {row}, {values}, {fields} FROM {table}"
-            " WHERE year_month = %s AND {bucket} = ANY(%s)"
+            "SELECT {hash}, {values}, {fields} FROM {table}"
+            " WHERE year_month = %s AND ctid = ANY(%s::tid[])"
         ).format(
-            key=sql.SQL(postgres_hash(self._key)),
-            row=sql.SQL(postgres_hash(self._row)),
+            hash=sql.SQL(postgres_hash(self._row)),
             values=sql.SQL(", ").join(sql.Identifier(c.name) for c in columns),
             fields=sql.SQL(", ").join(sql.SQL(POSTGRES.field(c)) for c in columns),
             table=self.schema.qualified_table,
-            bucket=sql.SQL(postgres_bucket(self._key, buckets)),
         )
         width = len(columns)
         # Binary results: values exactly as stored, whatever the session's output settings.
-        for row in self.conn.execute(query, (str(self.year_month), list(selected)), binary=True):
-            yield SideRow(row[0], row[1], tuple(row[2 : 2 + width]), tuple(row[2 + width :]))
+        for row in self.conn.execute(query, (str(self.year_month), tids), binary=True):
+            yield SideRow(row[0], tuple(row[1 : 1 + width]), tuple(row[1 + width :]))
 
 
 class DeltaSide(MonthSide):
-    """The Delta snapshot at the reader's pinned version, hashed batch by batch.
-
-    With a `spill` directory, `digest` also writes every batch it hashed, with each row's key
-    and row hash, to an Arrow IPC file there (disk, not memory); `rows` then reads the rows of
-    the chosen buckets back from it instead of reading and hashing the month again.
-    """
+    """The Delta snapshot at the reader's pinned version, hashed batch by batch on `workers`
+    threads; `bucketed` keeps every batch it hashed, with each row's hash, in an Arrow IPC file
+    (disk, not memory), from which `rows_in_buckets` reads rows back without hashing again."""
 
     name = "delta"
 
@@ -141,13 +194,13 @@ class DeltaSide(MonthSide):
         year_month: YearMonth,
         batch_rows: int,
         *,
-        spill: Path | None = None,
+        workers: int = 1,
     ) -> None:
         self.schema, self.year_month = schema, year_month
         self.reader = reader
         self.batch_rows = batch_rows
         self.hasher = DeltaHasher(schema)
-        self._spill_dir = spill
+        self.parallel = ParallelHasher(schema, workers)
         self._spilled: Path | None = None
 
     def count(self) -> int:
@@ -160,67 +213,49 @@ class DeltaSide(MonthSide):
         names = [c.name for c in self.hasher.columns]
         return self.reader.scan_month(self.year_month, names, self.batch_rows)
 
-    def digest(self, buckets: int) -> MonthDigest:
+    def digest(self) -> MonthDigest:
+        return self.parallel.digest(self._batches())
+
+    def bucketed(self, buckets: int, spill: Path) -> MonthDigest:
         accumulator = DigestAccumulator(buckets)
+        path = spill / f"delta-{id(self)}.arrow"
         writer: ipc.RecordBatchFileWriter | None = None
-        path = self._spill_dir / f"delta-{id(self)}.arrow" if self._spill_dir else None
         try:
-            for batch in self._batches():
-                if not batch.num_rows:
-                    continue
-                keys, rows = self.hasher.hashes(
-                    batch, keys=buckets > 1 or path is not None, aligned=path is not None
-                )
-                accumulator.add(bucket_of(keys, buckets, len(rows)), rows)
-                if path is not None and keys is not None:
-                    kept = batch.append_column("__key", pa.array(keys)).append_column(
-                        "__row", pa.array(rows)
-                    )
-                    if writer is None:
-                        writer = ipc.new_file(str(path), kept.schema)
-                    writer.write_batch(kept)
+            for batch, rows in self.parallel.map(self._batches()):
+                accumulator.add(bucket_of(rows, buckets), rows)
+                kept = batch.append_column("__hash", pa.array(rows))
+                if writer is None:
+                    writer = ipc.new_file(str(path), kept.schema)
+                writer.write_batch(kept)
         finally:
             if writer is not None:
                 writer.close()
         self._spilled = path if writer is not None else None
         return accumulator.result()
 
-    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
-        wanted = np.array(sorted(selected), dtype=np.uint64)
-        for batch in self._kept():
-            keys = batch.column("__key").to_numpy()
-            chosen = np.flatnonzero(np.isin(bucket_of(keys, buckets, len(keys)), wanted))
-            if not len(chosen):
-                continue
-            picked = batch.take(pa.array(chosen))
-            values = picked.select([c.name for c in self.hasher.columns])
-            rows = zip(
-                *(values.column(i).to_pylist() for i in range(values.num_columns)), strict=True
-            )
-            for key, row, typed, fields in zip(
-                as_signed(picked.column("__key").to_numpy()).tolist(),
-                as_signed(picked.column("__row").to_numpy()).tolist(),
-                rows,
-                self.hasher.fields(values),
-                strict=True,
-            ):
-                yield SideRow(key, row, tuple(typed), fields)
-
-    def _kept(self) -> Iterator[pa.RecordBatch]:
-        """The hashed batches: from the spill when there is one, else hashed again."""
-        if self._spilled is not None:
-            with pa.memory_map(str(self._spilled)) as source:
-                reader = ipc.open_file(source)
-                for index in range(reader.num_record_batches):
-                    yield reader.get_batch(index)
+    def rows_in_buckets(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
+        if self._spilled is None:
             return
-        for batch in self._batches():
-            if batch.num_rows:
-                keys, rows = self.hasher.hashes(batch, keys=True, aligned=True)
-                assert keys is not None
-                yield batch.append_column("__key", pa.array(keys)).append_column(
-                    "__row", pa.array(rows)
-                )
+        wanted = np.array(sorted(selected), dtype=np.uint64)
+        names = [c.name for c in self.hasher.columns]
+        with pa.memory_map(str(self._spilled)) as source:
+            reader = ipc.open_file(source)
+            for index in range(reader.num_record_batches):
+                batch = reader.get_batch(index)
+                hashes = batch.column("__hash").to_numpy()
+                chosen = np.flatnonzero(np.isin(bucket_of(hashes, buckets), wanted))
+                if not len(chosen):
+                    continue
+                picked = batch.take(pa.array(chosen))
+                values = picked.select(names)
+                typed = zip(*(c.to_pylist() for c in values.columns), strict=True)
+                for row_hash, row, fields in zip(
+                    as_signed(picked.column("__hash").to_numpy()).tolist(),
+                    typed,
+                    self.hasher.fields(values),
+                    strict=True,
+                ):
+                    yield SideRow(row_hash, tuple(row), fields)
 
 
 class RecordedSide(MonthSide):
@@ -244,10 +279,5 @@ class RecordedSide(MonthSide):
     def count(self) -> int:
         return self._digest.rows
 
-    def digest(self, buckets: int) -> MonthDigest:
-        if buckets != 1:
-            raise ValueError("the digest recorded at sync has one bucket")
+    def digest(self) -> MonthDigest:
         return self._digest
-
-    def rows(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
-        raise ValueError("the recorded side holds a digest, not rows")

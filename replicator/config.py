@@ -152,9 +152,23 @@ class PostgresSettings:
     batch_rows: int = checked(131_072, positive)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class DigestSettings:
     buckets: int = checked(256, power_of_two)
+    # Threads hashing the Delta side of a digest; 0: every core the host gives this process.
+    delta_parallelism: int = checked(0, not_negative)
+
+    @property
+    def delta_workers(self) -> int:
+        return self.delta_parallelism or available_cores()
 
 
 @dataclass(frozen=True)

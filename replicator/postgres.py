@@ -17,6 +17,7 @@ from typing import Any
 import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
 import psycopg
+from psycopg import sql
 
 from replicator.config import Settings
 from replicator.errors import InputError, NotMigratedError, PostgresError
@@ -106,6 +107,30 @@ class Database:
             return adbc.connect(self.conninfo())
         except adbc_driver_manager.Error as exc:
             raise self.translate(exc, f"cannot connect to Postgres at {self.target}") from None
+
+    @contextlib.contextmanager
+    def adbc_in_snapshot(self, snapshot: str) -> Iterator[Any]:
+        """An ADBC cursor inside a read-only REPEATABLE READ transaction that sees exactly the
+        snapshot another transaction exported (`pg_export_snapshot()`): Arrow results,
+        consistent with what that transaction reads."""
+        conn = self.connect_adbc()
+        try:
+            conn.adbc_connection.set_autocommit(True)  # the transaction is ours to begin
+            with conn.cursor() as cursor:
+                cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                cursor.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}")
+                    .format(sql.Literal(snapshot))
+                    .as_string(None)
+                )
+                cursor.execute("SET LOCAL jit = off")
+                yield cursor
+                cursor.execute("COMMIT")
+        except adbc_driver_manager.Error as exc:
+            raise self.translate(exc, "Postgres failed") from None
+        finally:
+            with contextlib.suppress(adbc_driver_manager.Error):
+                conn.close()
 
     def _require_utf8(self, conn: psycopg.Connection[Any]) -> None:
         """A database in another encoding stores other bytes for the same text: its digests

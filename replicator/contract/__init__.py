@@ -18,8 +18,8 @@ from replicator.contract.encoding import (
 from replicator.contract.hasher import (
     KNOWN_ANSWER_TEXT,
     DeltaHasher,
+    ParallelHasher,
     bucket_of,
-    postgres_bucket,
     postgres_hash,
     verify_server_hash,
 )
@@ -35,10 +35,10 @@ __all__ = [
     "DigestAccumulator",
     "Encoder",
     "MonthDigest",
+    "ParallelHasher",
     "as_signed",
     "bucket_of",
     "hash_bytes_extended",
-    "postgres_bucket",
     "postgres_hash",
     "prepare_batch",
     "verify_server_hash",

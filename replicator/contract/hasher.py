@@ -1,9 +1,14 @@
 """Where the contract runs: `DeltaHasher` hashes Arrow batches (DataFusion builds the encodings,
-numpy hashes them); the `postgres_*` helpers give the same hash and bucket as SQL for the server.
+numpy hashes them), `ParallelHasher` does it on several threads; `postgres_hash` is the same
+hash as SQL for the server.
 """
 
 from __future__ import annotations
 
+import collections
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import datafusion
@@ -12,7 +17,7 @@ import numpy.typing as npt
 import pyarrow as pa
 from psycopg import sql
 
-from replicator.contract.digest import DigestAccumulator
+from replicator.contract.digest import DigestAccumulator, MonthDigest
 from replicator.contract.encoding import DATAFUSION, prepare_batch
 from replicator.contract.lookup3 import as_signed, hash_bytes_extended
 from replicator.errors import PostgresError
@@ -26,13 +31,6 @@ KNOWN_ANSWER_TEXT = "rh1 known answer: é中\t"
 def postgres_hash(text_sql: str) -> str:
     """The 64-bit lookup3 hash of the text's bytes (see `lookup3`), as a bigint."""
     return f'hashtextextended(({text_sql}) COLLATE "C", 0)'
-
-
-def postgres_bucket(key_sql: str, buckets: int) -> str:
-    """The key hash masked to the bucket count (a power of two)."""
-    if buckets == 1:
-        return "0"
-    return f"({postgres_hash(key_sql)} & {buckets - 1:d})"
 
 
 def verify_server_hash(conn: Any) -> None:
@@ -51,72 +49,98 @@ def verify_server_hash(conn: Any) -> None:
 class DeltaHasher:
     """Applies the contract to Arrow batches of one table: DataFusion builds the encodings,
     numpy hashes them. Used to digest the Delta side and by the writer, which digests what it
-    copies."""
+    copies.
+
+    Each query runs in one DataFusion partition, so results keep the batch's row order; the
+    parallelism is the caller's (a thread per batch, `ParallelHasher`), and not thread-safe
+    within one hasher: give each thread its own.
+    """
 
     def __init__(self, schema: TableSchema) -> None:
         self.columns = schema.value_columns
-        self.key_sql = DATAFUSION.row(schema.key_columns)
         self.row_sql = DATAFUSION.row(self.columns)
-        self._context = datafusion.SessionContext()
+        config = datafusion.SessionConfig().with_target_partitions(1)
+        self._context = datafusion.SessionContext(config)
 
     def query(self, batch: pa.RecordBatch, select: str) -> pa.Table:
-        """Runs `select` (over table `b`) on one batch, in two partitions for two cores."""
-        half = max(1, batch.num_rows // 2)
-        parts = [[batch.slice(0, half)], [batch.slice(half)]] if batch.num_rows > 1 else [[batch]]
-        self._context.register_record_batches("b", parts)
+        """Runs `select` (over table `b`) on one batch; rows come out in the batch's order."""
+        self._context.register_record_batches("b", [[batch]])
         try:
             return pa.Table.from_batches(self._context.sql(select).collect())
         finally:
             self._context.deregister_table("b")
 
-    def hashes(
-        self, batch: pa.RecordBatch, *, keys: bool, aligned: bool = False
-    ) -> tuple[npt.NDArray[np.uint64] | None, npt.NDArray[np.uint64]]:
-        """(key hashes, row hashes) of a batch of raw Delta rows; no key hashes unless asked
-        (a one-bucket digest needs none). A digest does not care in which order they come
-        (DataFusion may return its partitions in any order); `aligned` puts them in the
-        batch's row order."""
-        key = self.key_sql if keys else "''"
-        prepared = prepare_batch(batch, self.columns)
-        position = ""
-        if aligned:
-            prepared = prepared.append_column("__pos", pa.array(np.arange(batch.num_rows)))
-            position = ", __pos"
-        select = f"SELECT {key} AS k, {self.row_sql} AS r{position} FROM b"  # noqa: S608
-        result = self.query(prepared, select)
-        rows = hash_bytes_extended(result.column("r"))
-        key_hashes = hash_bytes_extended(result.column("k")) if keys else None
-        if aligned:
-            order = np.argsort(result.column("__pos").to_numpy())
-            rows = rows[order]
-            key_hashes = key_hashes[order] if key_hashes is not None else None
-        return key_hashes, rows
+    def hashes(self, batch: pa.RecordBatch) -> npt.NDArray[np.uint64]:
+        """The row hashes of a batch of raw Delta rows, in the batch's row order."""
+        select = f"SELECT {self.row_sql} AS r FROM b"  # noqa: S608
+        result = self.query(prepare_batch(batch, self.columns), select)
+        return hash_bytes_extended(result.column("r"))
 
     def add(self, accumulator: DigestAccumulator, batch: pa.RecordBatch) -> None:
         """Folds a batch of raw Delta rows into `accumulator`."""
-        if not batch.num_rows:
-            return
-        keys, rows = self.hashes(batch, keys=accumulator.buckets > 1)
-        accumulator.add(bucket_of(keys, accumulator.buckets, len(rows)), rows)
+        if batch.num_rows:
+            rows = self.hashes(batch)
+            accumulator.add(bucket_of(rows, accumulator.buckets), rows)
 
     def fields(self, batch: pa.RecordBatch) -> list[tuple[str, ...]]:
         """Each row's field encodings (column by column), to tell which columns differ."""
         if not batch.num_rows:
             return []
         select = ", ".join(f"{DATAFUSION.field(c)} AS f{i}" for i, c in enumerate(self.columns))
-        # DataFusion may reorder rows across partitions: every result carries its position.
-        prepared = prepare_batch(batch, self.columns)
-        prepared = prepared.append_column("__row", pa.array(np.arange(batch.num_rows)))
-        encoded = self.query(prepared, f"SELECT __row, {select} FROM b")  # noqa: S608
-        order = np.argsort(encoded.column("__row").to_numpy()).tolist()
+        encoded = self.query(prepare_batch(batch, self.columns), f"SELECT {select} FROM b")  # noqa: S608
         columns = [encoded.column(f"f{i}").to_pylist() for i in range(len(self.columns))]
-        return [tuple(column[i] for column in columns) for i in order]
+        return list(zip(*columns, strict=True))
 
 
-def bucket_of(
-    key_hashes: npt.NDArray[np.uint64] | None, buckets: int, rows: int
-) -> npt.NDArray[np.uint64]:
-    """Each row's bucket: its key hash masked to the bucket count (a power of two)."""
-    if key_hashes is None or buckets == 1:
-        return np.zeros(rows, dtype=np.uint64)
-    return key_hashes & np.uint64(buckets - 1)
+Hashed = tuple[pa.RecordBatch, "npt.NDArray[np.uint64]"]
+
+
+class ParallelHasher:
+    """Hashes a stream of batches on `workers` threads (DataFusion and numpy release the GIL),
+    each with its own `DeltaHasher`; results come back in the stream's order, and at most a
+    few batches per worker are in flight, so memory stays bounded by batches, not the month."""
+
+    def __init__(self, schema: TableSchema, workers: int) -> None:
+        self.schema = schema
+        self.workers = max(1, workers)
+        self._local = threading.local()
+
+    def _hasher(self) -> DeltaHasher:
+        hasher: DeltaHasher | None = getattr(self._local, "hasher", None)
+        if hasher is None:
+            hasher = self._local.hasher = DeltaHasher(self.schema)
+        return hasher
+
+    def _hash(self, batch: pa.RecordBatch) -> Hashed:
+        return batch, self._hasher().hashes(batch)
+
+    def map(self, batches: Iterator[pa.RecordBatch]) -> Iterator[Hashed]:
+        """(batch, its row hashes), in the stream's order."""
+        if self.workers == 1:
+            for batch in batches:
+                if batch.num_rows:
+                    yield self._hash(batch)
+            return
+        in_flight: collections.deque[Future[Hashed]] = collections.deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="hash") as pool:
+            for batch in batches:
+                if not batch.num_rows:
+                    continue
+                in_flight.append(pool.submit(self._hash, batch))
+                if len(in_flight) >= 2 * self.workers:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+
+    def digest(self, batches: Iterator[pa.RecordBatch], buckets: int = 1) -> MonthDigest:
+        accumulator = DigestAccumulator(buckets)
+        for _, rows in self.map(batches):
+            accumulator.add(bucket_of(rows, buckets), rows)
+        return accumulator.result()
+
+
+def bucket_of(row_hashes: npt.NDArray[np.uint64], buckets: int) -> npt.NDArray[np.uint64]:
+    """Each row's bucket (for `reconciler diff`): its row hash masked to the bucket count, a
+    power of two. Two equal rows share a bucket; a changed row leaves its old bucket on one
+    side and appears in another, so both differ."""
+    return row_hashes & np.uint64(buckets - 1)
