@@ -1,21 +1,26 @@
 """Every metric the reconciler exports, defined in one place, in a private registry.
 
-Per-month state is exported by `MonthStateCollector`, which builds fresh families on each
-scrape from the view it is handed (`DaemonView`), so a month that leaves the retention window
-leaves the output. This package knows nothing of the reconciler beyond that view. Counters and
-the histogram are ordinary prometheus-client objects.
+Per-month state and the repair counts (read from the repair audit table, so that a manual
+`reconciler repair` counts too, and every replica exports the same numbers) are exported by
+`MonthStateCollector`, which builds fresh families on each scrape from the view it is handed
+(`DaemonView`), so a month that leaves the retention window leaves the output. This package
+knows nothing of the reconciler beyond that view. The check counters and the histogram are
+ordinary prometheus-client objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 MONTH_STATUS = "reconciler_month_status"
+MONTH_STATUS_CODE = "reconciler_month_status_code"
+MONTH_CHECK_DURATION = "reconciler_month_last_check_duration_seconds"
+MONTH_REPAIR_FAILURES = "reconciler_month_repair_failures"
 MONTH_ROWS = "reconciler_month_rows"
 MONTH_SYNC_LAG = "reconciler_month_sync_lag_seconds"
 MONTH_LAST_SYNC = "reconciler_month_last_sync_timestamp_seconds"
@@ -36,6 +41,9 @@ CIRCUIT_BREAKER_OPEN = "reconciler_auto_repair_circuit_open"
 EXPORTED_NAMES = frozenset(
     {
         MONTH_STATUS,
+        MONTH_STATUS_CODE,
+        MONTH_CHECK_DURATION,
+        MONTH_REPAIR_FAILURES,
         MONTH_ROWS,
         MONTH_SYNC_LAG,
         MONTH_LAST_SYNC,
@@ -70,6 +78,8 @@ class MonthView:
     last_sync_timestamp: float | None
     last_check_timestamp: float | None
     replication_failures: int
+    last_check_duration: float | None = None
+    repair_failures: int = 0  # failed repairs since the last successful one; 0 when in sync
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,9 @@ class DaemonView:
     leader: bool
     circuit_open: bool
     statuses: tuple[str, ...]  # every value of the month status state set, in order
+    status_codes: Mapping[str, int] = field(default_factory=dict)  # status -> severity
+    # Audited repairs, automatic and manual, by (table, trigger, outcome), from Postgres.
+    repairs: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 class MonthStateCollector(Collector):
@@ -95,6 +108,22 @@ class MonthStateCollector(Collector):
             MONTH_STATUS,
             "1 for the month's current status, 0 otherwise",
             labels=["table", "year_month", "status"],
+        )
+        code = GaugeMetricFamily(
+            MONTH_STATUS_CODE,
+            "The month's status as one number, worse is higher: 0 in_sync, 1 unknown,"
+            " 2 lagging, 3 missing, 4 orphaned, 5 drift, 6 error",
+            labels=["table", "year_month"],
+        )
+        duration = GaugeMetricFamily(
+            MONTH_CHECK_DURATION,
+            "Duration of the month's last completed comparison",
+            labels=["table", "year_month"],
+        )
+        repair_failures = GaugeMetricFamily(
+            MONTH_REPAIR_FAILURES,
+            "Failed repairs of the month since its last successful one (0 once in sync)",
+            labels=["table", "year_month"],
         )
         rows = GaugeMetricFamily(
             MONTH_ROWS, "Rows of the month on each side", labels=["table", "year_month", "side"]
@@ -124,6 +153,11 @@ class MonthStateCollector(Collector):
             labels = [month.table, month.year_month]
             for name in view.statuses:
                 status.add_metric([*labels, name], 1.0 if month.status == name else 0.0)
+            if month.status in view.status_codes:
+                code.add_metric(labels, view.status_codes[month.status])
+            if month.last_check_duration is not None:
+                duration.add_metric(labels, month.last_check_duration)
+            repair_failures.add_metric(labels, month.repair_failures)
             if month.delta_rows is not None:
                 rows.add_metric([*labels, "delta"], month.delta_rows)
             if month.postgres_rows is not None:
@@ -139,7 +173,26 @@ class MonthStateCollector(Collector):
         )
         for source, is_up in sorted(view.sources_up.items()):
             up.add_metric([source], 1.0 if is_up else 0.0)
-        families: list[Metric] = [status, rows, lag, last_sync, last_check, failures, up]
+        repairs = CounterMetricFamily(
+            REPAIRS,
+            "Repairs recorded in the repair audit, automatic and manual",
+            labels=["table", "trigger", "outcome"],
+        )
+        repair_fails = CounterMetricFamily(
+            REPAIR_FAILURES,
+            "Failed repairs recorded in the repair audit",
+            labels=["table", "trigger"],
+        )
+        failed: dict[tuple[str, str], int] = {}
+        for (table, trigger, outcome), count in sorted(view.repairs.items()):
+            repairs.add_metric([table, trigger, outcome], count)
+            failed[table, trigger] = failed.get((table, trigger), 0)
+            if outcome == "failed":
+                failed[table, trigger] += count
+        for (table, trigger), count in sorted(failed.items()):
+            repair_fails.add_metric([table, trigger], count)
+        families: list[Metric] = [status, code, rows, lag, last_sync, last_check, duration]
+        families += [failures, repair_failures, repairs, repair_fails, up]
         if view.last_cycle_timestamp is not None:
             cycle = GaugeMetricFamily(LAST_CYCLE, "End of the last complete cycle")
             cycle.add_metric([], view.last_cycle_timestamp)
@@ -185,15 +238,11 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=self.registry,
         )
-        self.repairs = Counter(REPAIRS, "Repairs attempted", ["table"], registry=self.registry)
-        self.repair_failures = Counter(
-            REPAIR_FAILURES, "Repairs that failed", ["table"], registry=self.registry
-        )
         self.registry.register(MonthStateCollector(view, version))
 
     def declare_tables(self, tables: Iterable[str]) -> None:
         """Counters exist at 0 from the start, so rate() and alerts see them."""
         for table in tables:
-            for counter in (self.checks, self.check_failures, self.repairs, self.repair_failures):
+            for counter in (self.checks, self.check_failures):
                 counter.labels(table=table)
             self.check_duration.labels(table=table)

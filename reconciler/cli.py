@@ -22,7 +22,13 @@ from reconciler.migrate import migrate as apply_migrations
 from reconciler.repair import Repairer
 from reconciler.status import build_status
 from reconciler.verdict import Status
-from replicator.config import ConfigError, Settings, TableSpec, parse_host_port
+from replicator.config import (
+    DEFAULT_METRICS_ADDR,
+    ConfigError,
+    Settings,
+    TableSpec,
+    parse_host_port,
+)
 from replicator.options import (
     EXIT_ERROR,
     EXIT_FINDING,
@@ -320,7 +326,15 @@ def repair(
     "--metrics-addr",
     metavar="HOST:PORT",
     default=None,
-    help="Where to serve /metrics (default: daemon.metrics_addr).",
+    help="Where to serve /metrics, /healthz, /readyz (default: daemon.metrics_addr, "
+    f"{DEFAULT_METRICS_ADDR}).",
+)
+@click.option(
+    "--web-config-file",
+    metavar="PATH",
+    default=None,
+    help="Prometheus web configuration file: TLS and basic auth for /metrics, as every "
+    "official exporter reads it (default: daemon.web_config_file).",
 )
 @settings_options
 def run(
@@ -328,6 +342,7 @@ def run(
     interval: float | None,
     auto_repair: bool | None,
     metrics_addr: str | None,
+    web_config_file: str | None,
     dsn: str | None,
     delta_root: str | None,
     config_path: str | None,
@@ -349,7 +364,7 @@ def run(
     def reload() -> Settings:
         return build_settings(dsn, delta_root, config_path)
 
-    daemon = Daemon(reload, Overrides(interval, auto_repair, metrics_addr))
+    daemon = Daemon(reload, Overrides(interval, auto_repair, metrics_addr, web_config_file))
     daemon.install_signal_handlers()
     server = None
     if not once or metrics_addr:
@@ -418,7 +433,7 @@ def status(
 @click.option("--keep-running", is_flag=True, help="Keep the daemon serving until Ctrl-C.")
 @click.option(
     "--metrics-addr",
-    default="127.0.0.1:9187",
+    default=DEFAULT_METRICS_ADDR,
     show_default=True,
     metavar="HOST:PORT",
     help="Where the demo daemon serves /metrics.",

@@ -25,12 +25,19 @@ from psycopg import sql
 from exporter.metrics import DaemonView, Metrics
 from reconciler.autorepair import HOUR, plan_repairs
 from reconciler.check import Checker, TableCheck
-from reconciler.findings import read_findings, record_finding
+from reconciler.findings import forget_findings, read_findings, record_finding
 from reconciler.leader import LeaderLock
-from reconciler.monthstate import DeltaInputs, MonthInputs, MonthState, MonthStates, SyncAnchor
+from reconciler.monthstate import (
+    DeltaInputs,
+    MonthInputs,
+    MonthKey,
+    MonthState,
+    MonthStates,
+    SyncAnchor,
+)
 from reconciler.outsidewrites import OutsideWriteDetector
 from reconciler.planner import CycleSnapshot, MonthMetadata, Periods, PlannedCheck, plan
-from reconciler.repair import Repairer
+from reconciler.repair import TRIGGERS, Repairer, failing_repairs, repair_counts
 from reconciler.verdict import EXPORTED, Status
 from replicator.config import Settings, TableSpec
 from replicator.delta import ChangeKind, DeltaTableReader
@@ -64,6 +71,7 @@ class Reconciler:
         self._outside = OutsideWriteDetector()
         self._repair_history: collections.deque[float] = collections.deque()
         self._remembered = False  # the periodic checks' clocks were read from month_check
+        self.repairs: dict[tuple[str, str, str], int] = {}
         self.problem: str | None = None  # why the last cycle could not run, if not a source
 
     def configure(
@@ -84,6 +92,7 @@ class Reconciler:
             settings,
             self.db,
             actor=f"reconciler-daemon:{socket.gethostname()}:{os.getpid()}",
+            trigger="auto",
         )
         self.months.keep_tables(spec.name for spec in settings.tables)
         self.metrics.declare_tables(spec.name for spec in settings.tables)
@@ -100,6 +109,8 @@ class Reconciler:
             self.leader.held,
             self.circuit_open,
             tuple(str(s) for s in EXPORTED),
+            {str(s): s.severity for s in EXPORTED},
+            dict(self.repairs),
         )
 
     def ready(self) -> tuple[bool, str]:
@@ -128,24 +139,14 @@ class Reconciler:
             except ReplicationError as exc:
                 up["delta"] = False
                 logger.error("Delta table %s unavailable: %s", spec.name, exc, extra=log)
+        leading = False
         try:
             with self.db.connect() as conn:
-                self.leader.try_acquire()
-                self._remember(conn)
-                snapshot = self._snapshot(conn, readers, now, up, log)
-                self._observe(snapshot)
-                daemon = self.settings.daemon
-                periods = Periods(
-                    self.interval,
-                    daemon.postgres_check_period_seconds,
-                    daemon.deep_check_period_seconds,
-                )
-                syncs = {meta.key: meta.sync for meta in snapshot.months}
-                for check in plan(snapshot, self.months, periods):
-                    if stop.is_set():
-                        break
-                    reader = readers.get(check.table)
-                    self._check(conn, check, reader, syncs.get(check.key), summary)
+                leading = self.leader.try_acquire()
+                if leading:
+                    self._lead(conn, readers, now, up, stop, summary, log)
+                else:
+                    self._follow(conn, now)
         except (PostgresError, psycopg.Error) as exc:
             failure = (
                 exc if isinstance(exc, PostgresError) else self.db.translate(exc, "a query failed")
@@ -161,8 +162,12 @@ class Reconciler:
             self.problem = None
         self.sources_up = dict(up)
         summary.sources_up = dict(up)
-        if up["postgres"] and not stop.is_set():
+        if leading and up["postgres"] and not stop.is_set():
             summary.repaired = self._auto_repair(time.time(), stop)
+        if not leading:
+            self.circuit_open = False  # the leader's to say
+        if up["postgres"] and self.problem is None:
+            self._read_repairs(log)
         if all(up.values()) and self.problem is None and not stop.is_set():
             self.last_cycle_timestamp = time.time()
         logger.info(
@@ -173,6 +178,67 @@ class Reconciler:
             extra=log,
         )
         return summary
+
+    def _lead(
+        self,
+        conn: psycopg.Connection[Any],
+        readers: dict[str, DeltaTableReader],
+        now: float,
+        up: dict[str, bool],
+        stop: threading.Event,
+        summary: CycleSummary,
+        log: dict[str, str],
+    ) -> None:
+        """The leader compares what may have changed and records what it found."""
+        self._remember(conn)
+        snapshot = self._snapshot(conn, readers, now, up, log)
+        forget_findings(self.db, conn, self._observe(snapshot))
+        daemon = self.settings.daemon
+        periods = Periods(
+            self.interval,
+            daemon.postgres_check_period_seconds,
+            daemon.deep_check_period_seconds,
+        )
+        syncs = {meta.key: meta.sync for meta in snapshot.months}
+        for check in plan(snapshot, self.months, periods):
+            if stop.is_set():
+                break
+            reader = readers.get(check.table)
+            self._check(conn, check, reader, syncs.get(check.key), summary)
+
+    def _follow(self, conn: psycopg.Connection[Any], now: float) -> None:
+        """A follower compares nothing: it exports what the leader found (so two replicas
+        neither double the load nor write the same rows). Should it take over, it compares
+        every month once, since it never saw their inputs itself."""
+        tables = {spec.name for spec in self.settings.tables}
+        states = {(s.table, s.year_month): s for s in read_all_sync_states(conn)}
+        findings = {k: f for k, f in read_findings(conn).items() if k[0] in tables}
+        conn.rollback()
+        for key in [k for k in self.months if k not in findings]:
+            self.months.forget(key)
+        for key, finding in findings.items():
+            self.months.ensure(key).adopt(finding, states.get(key), now)
+        self._remembered = True  # the periodic clocks came with the findings
+
+    def _read_repairs(self, log: dict[str, str]) -> None:
+        """The audited repairs (every replica exports the same, manual ones included), and
+        each month's failed repairs since its last successful one."""
+        try:
+            with self.db.connect() as conn:
+                counts = repair_counts(conn)
+                failing = failing_repairs(conn)
+        except (PostgresError, psycopg.Error) as exc:
+            failure = self.db.scrub(str(exc))
+            logger.warning("could not read the repair audit: %s", failure, extra=log)
+            return
+        for spec in self.settings.tables:
+            for trigger in TRIGGERS:
+                for outcome in ("repaired", "failed"):
+                    counts.setdefault((spec.name, trigger, outcome), 0)
+        self.repairs = counts
+        for key, state in self.months.items():
+            in_sync = state.status is Status.IN_SYNC
+            state.repair_failures = 0 if in_sync else failing.get(key, 0)
 
     def _remember(self, conn: psycopg.Connection[Any]) -> None:
         """Once per process: when each month was last re-digested, as an earlier process
@@ -228,15 +294,21 @@ class Reconciler:
         conn.rollback()
         return CycleSnapshot(now, tuple(months), frozenset(readable), suspicious)
 
-    def _observe(self, snapshot: CycleSnapshot) -> None:
-        """Months that exist nowhere any more are forgotten; the others learn their metadata."""
+    def _observe(self, snapshot: CycleSnapshot) -> list[MonthKey]:
+        """Months that exist nowhere any more are forgotten; those of readable tables are
+        returned (their findings go too). The others learn their metadata."""
         seen = {meta.key for meta in snapshot.months}
+        gone = []
         for spec in self.settings.tables:
             for month in self.window():
-                if (spec.name, str(month)) not in seen:
-                    self.months.forget((spec.name, str(month)))
+                key = (spec.name, str(month))
+                if key not in seen:
+                    self.months.forget(key)
+                    if spec.name in snapshot.readable_tables:
+                        gone.append(key)
         for meta in snapshot.months:
             self.months.ensure(meta.key).observe(meta.sync, meta.inputs, snapshot.now)
+        return gone
 
     def _check(
         self,
@@ -341,10 +413,7 @@ class Reconciler:
     def _repair(self, state: MonthState, now: float) -> None:
         spec = self.settings.table(state.table)
         self._repair_history.append(now)
-        self.metrics.repairs.labels(table=spec.name).inc()
         result = self.repairer.repair(spec, YearMonth.parse(state.year_month))
-        if not result.succeeded:
-            self.metrics.repair_failures.labels(table=spec.name).inc()
         if result.check_after is not None:
             state.record(result.check_after, deep=False, now=time.time())
 

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from types import FrameType
 
 from exporter.metrics import DaemonView, Metrics
-from exporter.server import MetricsServer
+from exporter.server import MetricsAddressError, MetricsServer
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 from reconciler import __version__
 from reconciler.cycle import CycleSummary, Reconciler
 from reconciler.leader import LeaderLock
 from reconciler.monthstate import MonthStates
-from replicator.config import Settings, parse_host_port
+from replicator.config import ConfigError, Settings, parse_host_port
+from replicator.errors import InputError, ReplicationError
 from replicator.postgres import Database
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class Overrides:
     interval_seconds: float | None = None
     auto_repair: bool | None = None
     metrics_addr: str | None = None
+    web_config_file: str | None = None
 
 
 class Daemon:
@@ -43,6 +46,8 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._failures = 0
+        self.server: MetricsServer | None = None
+        self.web = self._web_config(self.settings)  # checked before anything starts
         self.reconciler = Reconciler(Metrics(self.view, __version__))
         self.leader = self._new_leader()
         self._configure()
@@ -73,16 +78,41 @@ class Daemon:
             return self.overrides.auto_repair
         return self.settings.auto_repair.enabled
 
+    @property
+    def metrics_addr(self) -> str:
+        return self.overrides.metrics_addr or self.settings.daemon.metrics_addr
+
+    def _web_config(self, settings: Settings) -> WebConfig:
+        path = self.overrides.web_config_file or settings.daemon.web_config_file
+        try:
+            return load_web_config(path)
+        except WebConfigError as exc:
+            raise ConfigError(str(exc)) from None
+
     def reload(self) -> None:
+        """SIGHUP: everything is read again (the DSN file, the web config with its password and
+        certificates); only the listen address needs a restart, and says so."""
         try:
             settings = self._load_settings()
-        except (ValueError, OSError) as exc:
+            web = self._web_config(settings)
+        except (ValueError, OSError, ReplicationError) as exc:
             logger.error("configuration reload failed, keeping the old one: %s", exc)
             return
+        old_addr = self.metrics_addr
         self.leader.release()
-        self.settings = settings
+        self.settings, self.web = settings, web
         self.leader = self._new_leader()
         self._configure()
+        if self.server is not None:
+            self.server.reload(web)
+            if self.metrics_addr != old_addr:
+                logger.warning(
+                    "daemon.metrics_addr changed from %s to %s: needs a restart (still serving"
+                    " on %s)",
+                    old_addr,
+                    self.metrics_addr,
+                    old_addr,
+                )
         logger.info("configuration reloaded")
 
     # -- what the exporter and the probes see --------------------------------------------
@@ -117,21 +147,20 @@ class Daemon:
         self._stop.set()
 
     def serve_metrics(self) -> MetricsServer:
-        daemon_settings = self.settings.daemon
-        host, port = parse_host_port(self.overrides.metrics_addr or daemon_settings.metrics_addr)
-        auth = None
-        if daemon_settings.basic_auth_user and daemon_settings.basic_auth_password:
-            auth = (daemon_settings.basic_auth_user, daemon_settings.basic_auth_password)
-        server = MetricsServer(
-            self.metrics.registry,
-            host,
-            port,
-            ready=self.ready,
-            tls_cert_file=daemon_settings.tls_cert_file,
-            tls_key_file=daemon_settings.tls_key_file,
-            basic_auth=auth,
-        )
+        host, port = parse_host_port(self.metrics_addr)
+        try:
+            server = MetricsServer(
+                self.metrics.registry,
+                host,
+                port,
+                ready=self.ready,
+                web=self.web,
+                option_hint="set --metrics-addr or daemon.metrics_addr",
+            )
+        except MetricsAddressError as exc:
+            raise InputError(str(exc)) from None
         server.start()
+        self.server = server
         return server
 
     def run_cycle(self) -> CycleSummary:

@@ -89,6 +89,7 @@ class MonthState:
     last_deep_check: float | None = None
     anchored_at: float | None = None  # the anchor's time: a sync digests what it reads from Delta
     replication_failures: int = 0
+    repair_failures: int = 0  # failed repairs since the last successful one (repair audit)
     compared: MonthInputs | None = None  # what the last completed comparison saw
     planned: MonthInputs | None = None  # what this cycle's plan saw
     bad_since: float | None = None  # when it became drift or missing (repair grace)
@@ -114,6 +115,8 @@ class MonthState:
             self.last_sync_timestamp,
             self.last_check_timestamp,
             self.replication_failures,
+            self.last_check_duration,
+            self.repair_failures,
         )
 
     def observe(self, sync: SyncState | None, inputs: MonthInputs, now: float) -> None:
@@ -134,6 +137,27 @@ class MonthState:
             self.last_postgres_check = finding.last_postgres_check_at.timestamp()
         if finding.last_deep_check_at is not None:
             self.last_deep_check = finding.last_deep_check_at.timestamp()
+
+    def adopt(self, finding: Finding, sync: SyncState | None, now: float) -> None:
+        """What the leader found (a follower's view of the month). The inputs it compared are
+        the leader's, not ours: should this process lead, it compares the month itself."""
+        checked = finding.checked_at.timestamp()
+        if finding.status in REPAIRABLE and self.bad_since is None:
+            self.bad_since = checked
+        elif finding.status not in REPAIRABLE:
+            self.bad_since = None
+        self.status, self.reason = finding.status, finding.reason
+        self.delta_rows, self.postgres_rows = finding.delta_rows, finding.postgres_rows
+        # The lag grows while nothing is checked: the leader measured it at checked_at.
+        self.lag_seconds = finding.lag_seconds + (now - checked) if finding.lag_seconds else 0.0
+        self.last_check_timestamp = checked
+        self.last_check_duration = finding.duration_seconds
+        self.remember(finding)
+        if sync is not None:
+            self.replication_failures = sync.consecutive_failures
+            if sync.synced_at is not None:
+                self.last_sync_timestamp = sync.synced_at.timestamp()
+        self.compared = self.planned = None
 
     def record(self, result: TableCheck, *, deep: bool, now: float) -> None:
         """The outcome of a completed comparison (its inputs are the ones planned)."""

@@ -25,6 +25,7 @@ from replicator.yearmonth import YearMonth
 logger = logging.getLogger(__name__)
 
 AUDIT = sql.Identifier("ranking", "repair_audit")
+TRIGGERS = ("auto", "manual")
 
 
 @dataclass
@@ -51,11 +52,20 @@ class RepairResult:
 class Repairer:
     """Repairs months; `actor` says who asked (an on-call user or the daemon)."""
 
-    def __init__(self, checker: Checker, settings: Settings, db: Database, *, actor: str) -> None:
+    def __init__(
+        self,
+        checker: Checker,
+        settings: Settings,
+        db: Database,
+        *,
+        actor: str,
+        trigger: str = "manual",
+    ) -> None:
         self.checker = checker
         self.settings = settings
         self.db = db
         self.actor = actor
+        self.trigger = trigger  # auto (the daemon) | manual (on-call); audited and exported
 
     @classmethod
     def for_settings(cls, settings: Settings, *, actor: str) -> Repairer:
@@ -164,13 +174,15 @@ class Repairer:
                     return None
                 conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (actor, table_name, year_month, delta_version,"
+                        "INSERT INTO {} (actor, trigger, table_name, year_month, delta_version,"
                         " status_before, rows_before, digest_before, rows_after, digest_after,"
                         " delta_digest, outcome, message, run_id)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'reanchored', %s, %s)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'reanchored',"
+                        " %s, %s)"
                     ).format(AUDIT),
                     (
                         self.actor,
+                        self.trigger,
                         spec.name,
                         str(year_month),
                         anchor.delta_version,
@@ -210,13 +222,14 @@ class Repairer:
             with self.db.connect() as conn:
                 conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (actor, table_name, year_month, delta_version,"
+                        "INSERT INTO {} (actor, trigger, table_name, year_month, delta_version,"
                         " status_before, rows_before, digest_before, rows_after, digest_after,"
                         " delta_digest, outcome, message, run_id)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     ).format(AUDIT),
                     (
                         self.actor,
+                        self.trigger,
                         result.table,
                         result.year_month,
                         result.delta_version,
@@ -233,3 +246,33 @@ class Repairer:
                 )
         except (ReplicationError, psycopg.Error) as exc:  # the audit must not hide the repair
             logger.error("could not write the repair audit row: %s", self.db.scrub(str(exc)))
+
+
+# Outcomes after which a month's repairs no longer count as failing.
+_SETTLED = ("repaired", "reanchored", "skipped")
+
+
+def repair_counts(conn: psycopg.Connection[Any]) -> dict[tuple[str, str, str], int]:
+    """Every audited repair, automatic or manual, by (table, trigger, outcome): what
+    `reconciler_repairs_total` exports, the same on every replica."""
+    rows = conn.execute(
+        sql.SQL("SELECT table_name, trigger, outcome, count(*) FROM {} GROUP BY 1, 2, 3").format(
+            AUDIT
+        )
+    ).fetchall()
+    return {(row[0], row[1], row[2]): int(row[3]) for row in rows}
+
+
+def failing_repairs(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], int]:
+    """By (table, month): failed repairs since the month's last successful one (months whose
+    last repair succeeded are absent)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT a.table_name, a.year_month, count(*) FROM {audit} a"
+            " WHERE a.outcome = 'failed' AND a.at > coalesce((SELECT max(s.at) FROM {audit} s"
+            " WHERE s.table_name = a.table_name AND s.year_month = a.year_month"
+            " AND s.outcome = ANY(%s)), '-infinity') GROUP BY 1, 2"
+        ).format(audit=AUDIT),
+        (list(_SETTLED),),
+    ).fetchall()
+    return {(row[0], row[1]): int(row[2]) for row in rows}

@@ -9,6 +9,7 @@ connects, and the DSN is kept inside a `Dsn` so that it cannot be printed by acc
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from replicator.errors import InputError
-from replicator.secrets import Dsn
+from replicator.secrets import Dsn, EntraToken, PasswordCommand
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 SCHEMA = "ranking"
@@ -66,6 +67,11 @@ def host_port(value: str, name: str) -> None:
 def checked(default: Any, check: Check) -> Any:
     """A dataclass field with a default and a check run on every configured value."""
     return field(default=default, metadata={"check": check})
+
+
+# 10742: outside 9100-9999, the range the Prometheus wiki's default port allocations list
+# (9187 is postgres_exporter's), and allocated to no exporter there.
+DEFAULT_METRICS_ADDR = "127.0.0.1:10742"
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -150,6 +156,19 @@ class PostgresSettings:
     verify_counts: bool = False
     connect_timeout_seconds: int = checked(10, positive)
     batch_rows: int = checked(131_072, positive)
+    # A password fetched for every new connection (a short-lived token): a command whose
+    # standard output is the password, or Microsoft Entra ID through azure-identity.
+    password_command: str | None = None
+    azure_entra_auth: bool = False
+    azure_client_id: str | None = None  # a user-assigned managed identity; default: the system one
+
+    def __post_init__(self) -> None:
+        if self.password_command and self.azure_entra_auth:
+            raise ConfigError(
+                "postgres.password_command and postgres.azure_entra_auth exclude each other"
+            )
+        if self.azure_client_id and not self.azure_entra_auth:
+            raise ConfigError("postgres.azure_client_id needs postgres.azure_entra_auth = true")
 
 
 def available_cores() -> int:
@@ -177,19 +196,11 @@ class DaemonSettings:
     retention_months: int = checked(36, positive)
     deep_check_period_seconds: float = checked(6 * 3600.0, positive)
     postgres_check_period_seconds: float = checked(15 * 60.0, positive)
-    metrics_addr: str = checked("127.0.0.1:9187", host_port)
+    metrics_addr: str = checked(DEFAULT_METRICS_ADDR, host_port)
+    # The Prometheus web configuration file (TLS, basic auth), as every official exporter reads.
+    web_config_file: str | None = None
     leader_lease_seconds: float = checked(30.0, positive)
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    basic_auth_user: str | None = None
-    basic_auth_password: str | None = None
     json_logs: bool = False
-
-    def __post_init__(self) -> None:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ConfigError("daemon.tls_cert_file and daemon.tls_key_file go together")
-        if (self.basic_auth_user is None) != (self.basic_auth_password is None):
-            raise ConfigError("daemon.basic_auth_user and daemon.basic_auth_password go together")
 
 
 @dataclass(frozen=True)
@@ -276,11 +287,23 @@ def _value(hint: Any, value: object, where: str) -> object:
     return float(value) if expected is float else value  # type: ignore[arg-type]
 
 
+# Keys of earlier versions, with what replaced them.
+REPLACED_KEYS = {
+    f"daemon.{key}": "daemon.web_config_file (the Prometheus web configuration file)"
+    for key in ("tls_cert_file", "tls_key_file", "basic_auth_user", "basic_auth_password")
+}
+
+
 def parse_section(cls: type[Any], section: object, where: str) -> Any:
     """The dataclass `cls` built from one TOML table, every key and value checked."""
     if not isinstance(section, dict):
         raise ConfigError(f"{where} must be a table")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in section:
+        if f"{where}.{key}" in REPLACED_KEYS:
+            raise ConfigError(
+                f"{where}.{key} is no longer supported: use {REPLACED_KEYS[f'{where}.{key}']}"
+            )
     unknown = sorted(set(section) - set(fields))
     if unknown:
         raise ConfigError(
@@ -340,6 +363,91 @@ def _from_toml(document: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+ENV_PREFIX = "RECONCILER_"
+
+
+def _env_value(hint: Any, raw: str, name: str) -> object:
+    """An environment variable's text as the field's type: JSON for tables (mappings)."""
+    expected = _expected_type(hint)
+    try:
+        if expected is None:
+            return json.loads(raw)
+        if expected is bool:
+            return parse_bool(raw, name)
+        if expected in (int, float):
+            return expected(raw.strip())
+    except ConfigError:
+        raise
+    except ValueError:
+        kind = "a JSON object" if expected is None else f"a number ({expected.__name__})"
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    return raw
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    """`RECONCILER_<SECTION>_<KEY>` for every key of every section (upper case), e.g.
+    `RECONCILER_DAEMON_METRICS_ADDR`, `RECONCILER_AUTO_REPAIR_MAX_PER_HOUR`, and
+    `RECONCILER_TABLES` (a JSON array of [[tables]] entries). Empty values are ignored; a
+    variable naming a known section but an unknown key is an error, so a typo is never silent."""
+    found: dict[str, dict[str, object]] = {}
+    for variable in sorted(env):
+        raw = env[variable]
+        if not variable.startswith(ENV_PREFIX) or not raw.strip():
+            continue
+        rest = variable[len(ENV_PREFIX) :].lower()
+        if rest == "tables":
+            try:
+                found["tables"] = {"": json.loads(raw)}
+            except ValueError:
+                raise ConfigError(f"{variable} must be a JSON array of tables") from None
+            continue
+        # Longest section name first: auto_repair before a hypothetical "auto".
+        for section in sorted(SECTIONS, key=len, reverse=True):
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                cls = SECTIONS[section]
+                fields = {f.name for f in dataclasses.fields(cls)}
+                if key not in fields:
+                    allowed = ", ".join(f"{ENV_PREFIX}{section}_{f}".upper() for f in fields)
+                    raise ConfigError(f"unknown variable {variable} (allowed: {allowed})")
+                hint = typing.get_type_hints(cls)[key]
+                found.setdefault(section, {})[key] = _env_value(hint, raw, variable)
+                break
+    return found
+
+
+def _read_secret_file(path: str, variable: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"cannot read {variable} {path}: {reason}") from None
+
+
+def _raw_dsn(dsn: str | None, env: Mapping[str, str]) -> str | None:
+    """--dsn, else POSTGRES_DSN, else the file POSTGRES_DSN_FILE names (a mounted secret)."""
+    if dsn is not None:
+        return dsn
+    inline, path = env.get("POSTGRES_DSN", "").strip(), env.get("POSTGRES_DSN_FILE", "").strip()
+    if inline and path:
+        raise ConfigError("POSTGRES_DSN and POSTGRES_DSN_FILE are both set: keep one")
+    if path:
+        text = _read_secret_file(path, "POSTGRES_DSN_FILE")
+        if not text:
+            raise ConfigError(f"POSTGRES_DSN_FILE {path} is empty")
+        return text
+    return inline or None
+
+
+def password_source(postgres: PostgresSettings) -> Callable[[], str] | None:
+    """What supplies the password of every new connection, if not the DSN."""
+    if postgres.password_command:
+        return PasswordCommand(postgres.password_command)
+    if postgres.azure_entra_auth:
+        return EntraToken(postgres.azure_client_id)
+    return None
+
+
 def load_settings(
     *,
     config_path: str | None = None,
@@ -347,10 +455,11 @@ def load_settings(
     delta_root: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Settings from (lowest to highest) defaults, the TOML file, the environment, arguments."""
+    """Settings from (lowest to highest) defaults, the TOML file, `RECONCILER_<SECTION>_<KEY>`
+    variables, the variables SPEC names (`SIGNALS_DELTA_ROOT`, `POSTGRES_SIGNALS_*`), arguments."""
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
     path = config_path or env.get("RECONCILER_CONFIG")
+    document: dict[str, Any] = {}
     if path:
         try:
             document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -358,7 +467,12 @@ def load_settings(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        values.update(_from_toml(document))
+    for section, keys in _from_env(env).items():
+        if section == "tables":
+            document["tables"] = keys[""]
+        elif isinstance(document.get(section, {}), dict):
+            document[section] = {**document.get(section, {}), **keys}
+    values = _from_toml(document)
     delta = values.get("delta", DeltaSettings())
     postgres = values.get("postgres", PostgresSettings())
     if env.get("SIGNALS_DELTA_ROOT"):
@@ -369,9 +483,9 @@ def load_settings(
     ):
         if env.get(name, "").strip():
             postgres = dataclasses.replace(postgres, **{key: parse_bool(env[name], name)})
-    raw_dsn = dsn if dsn is not None else env.get("POSTGRES_DSN")
+    raw_dsn = _raw_dsn(dsn, env)
     if raw_dsn is not None and raw_dsn.strip():
-        values["dsn"] = Dsn(raw_dsn)
+        values["dsn"] = Dsn(raw_dsn, password_source(postgres))
     if delta_root:
         delta = dataclasses.replace(delta, root=delta_root)
     values["delta"], values["postgres"] = delta, postgres

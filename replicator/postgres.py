@@ -21,7 +21,7 @@ from psycopg import sql
 
 from replicator.config import Settings
 from replicator.errors import InputError, NotMigratedError, PostgresError
-from replicator.secrets import Dsn
+from replicator.secrets import Dsn, PasswordError
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +82,15 @@ class Database:
     def conninfo(self) -> str:
         """The libpq connection string, for drivers only; never log it. Text travels as UTF-8
         whatever `client_encoding` the DSN asks for: the hash contract hashes UTF-8 bytes."""
-        return self.dsn.conninfo(
-            application_name=self.application_name,
-            connect_timeout=self.connect_timeout,
-            options=SAFE_OPTIONS,
-            client_encoding="UTF8",
-        )
+        try:
+            return self.dsn.conninfo(
+                application_name=self.application_name,
+                connect_timeout=self.connect_timeout,
+                options=SAFE_OPTIONS,
+                client_encoding="UTF8",
+            )
+        except PasswordError as exc:  # the password command or Entra ID failed
+            raise PostgresError(f"cannot connect to Postgres at {self.target}: {exc}") from None
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         try:

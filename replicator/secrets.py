@@ -1,13 +1,23 @@
-"""Keeps the Postgres DSN and its password out of every log line, error and title.
+"""Keeps the Postgres DSN and its password out of every log line, error and title, and fetches
+a fresh password for every connection when the password is a short-lived token.
 
 The DSN is held by `Dsn`, whose repr and str never show it; every message that may carry
-text from libpq passes through `Dsn.scrub` before it leaves the process.
+text from libpq passes through `Dsn.scrub` before it leaves the process. A `PasswordSource`
+(a command run per connection, or Microsoft Entra ID through azure-identity) supplies the
+password of each new connection; what it returned is scrubbed too.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import threading
+import time
 import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -23,13 +33,90 @@ class DsnError(ValueError):
     """The DSN is unusable; the message never contains the DSN itself."""
 
 
+class PasswordError(DsnError):
+    """The password source failed; the message never contains a password."""
+
+
+class PasswordSource(Protocol):
+    def __call__(self) -> str: ...
+
+
+class PasswordCommand:
+    """Runs a command for every new connection; its standard output is the password (for
+    example `az account get-access-token --resource-type oss-rdbms --query accessToken -o
+    tsv`). Nothing it prints is logged."""
+
+    def __init__(self, command: str, timeout: float = 30.0) -> None:
+        self.argv = shlex.split(command)
+        self.timeout = timeout
+        if not self.argv:
+            raise PasswordError("postgres.password_command is empty")
+
+    def __call__(self) -> str:
+        try:
+            done = subprocess.run(
+                self.argv, capture_output=True, text=True, timeout=self.timeout, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise PasswordError(
+                f"the password command {self.argv[0]!r} could not run: {type(exc).__name__}"
+            ) from None
+        password = done.stdout.strip()
+        if done.returncode != 0 or not password:
+            first = (done.stderr.strip().splitlines() or ["no output"])[0]
+            raise PasswordError(
+                f"the password command {self.argv[0]!r} failed (exit {done.returncode}): "
+                f"{scrub_any(first)[:200]}"
+            )
+        return password
+
+
+ENTRA_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
+
+
+class EntraToken:
+    """An access token for Azure Database for PostgreSQL from Microsoft Entra ID (a managed
+    identity, workload identity or any credential azure-identity's DefaultAzureCredential
+    finds), reused until shortly before it expires, never past it."""
+
+    def __init__(self, client_id: str | None = None, credential: Any = None, margin: float = 300.0):
+        if credential is None:
+            try:
+                from azure.identity import DefaultAzureCredential
+            except ImportError:
+                raise PasswordError(
+                    "postgres.azure_entra_auth needs azure-identity: pip install "
+                    "'signal-reconciler[azure]'"
+                ) from None
+            credential = DefaultAzureCredential(managed_identity_client_id=client_id)
+        self.credential = credential
+        self.margin = margin
+        self._token: tuple[str, float] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._token is None or time.time() >= self._token[1] - self.margin:
+                try:
+                    token = self.credential.get_token(ENTRA_SCOPE)
+                except Exception as exc:  # azure-identity's errors vary by credential
+                    raise PasswordError(
+                        f"no Microsoft Entra ID token: {type(exc).__name__}: "
+                        f"{scrub_any(' '.join(str(exc).split()))[:300]}"
+                    ) from None
+                self._token = (str(token.token), float(token.expires_on))
+            return self._token[0]
+
+
 class Dsn:
     """A Postgres connection string that refuses to be printed."""
 
-    __slots__ = ("_params", "_raw")
+    __slots__ = ("_issued", "_params", "_raw", "password_source")
 
-    def __init__(self, raw: str) -> None:
+    def __init__(self, raw: str, password_source: Callable[[], str] | None = None) -> None:
         self._raw = raw
+        self.password_source = password_source
+        self._issued: deque[str] = deque(maxlen=8)  # passwords handed out, for scrubbing
         try:
             self._params: dict[str, object] = dict(conninfo_to_dict(raw))
         except Exception:
@@ -44,8 +131,16 @@ class Dsn:
     __str__ = __repr__
 
     def conninfo(self, **overrides: str | int | None) -> str:
-        """The libpq connection string, for drivers only; never log it."""
+        """The libpq connection string, for drivers only; never log it. With a password source,
+        a fresh password every time (a token may have expired since the last connection)."""
+        if self.password_source is not None:
+            password = self.password_source()
+            self._issued.append(password)
+            overrides["password"] = password
         return make_conninfo(self._raw, **overrides)
+
+    def with_password_source(self, source: Callable[[], str] | None) -> Dsn:
+        return Dsn(self._raw, source)
 
     @property
     def target(self) -> str:
@@ -59,13 +154,14 @@ class Dsn:
 
     def _secrets(self) -> list[str]:
         found = {self._raw}
-        password = self._params.get("password")
-        if isinstance(password, str) and password:
-            found |= {
-                password,
-                urllib.parse.quote(password, safe=""),
-                urllib.parse.quote_plus(password),
-            }
+        passwords = [self._params.get("password"), *self._issued]
+        for password in passwords:
+            if isinstance(password, str) and password:
+                found |= {
+                    password,
+                    urllib.parse.quote(password, safe=""),
+                    urllib.parse.quote_plus(password),
+                }
         return sorted((s for s in found if s), key=len, reverse=True)
 
     def scrub(self, text: str) -> str:

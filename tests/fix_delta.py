@@ -52,10 +52,13 @@ def settings(pg_dsn: str, delta_root: str) -> Settings:
 def cli_env(pg_dsn: str, delta_root: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment for the command lines, pointing at the test database and Delta root."""
     env = {"POSTGRES_DSN": pg_dsn, "SIGNALS_DELTA_ROOT": delta_root}
+    import os
+
     for name in (
-        "RECONCILER_CONFIG",
+        "POSTGRES_DSN_FILE",
         "POSTGRES_SIGNALS_WRITE_REQUIRED",
         "POSTGRES_SIGNALS_VERIFY_COUNTS",
+        *(n for n in os.environ if n.startswith("RECONCILER_") and n != "RECONCILER_TEST_DSN"),
     ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():

@@ -4,11 +4,6 @@ traceback or a write; the DSN's password never leaks through any command; /metri
 from __future__ import annotations
 
 import json
-import shutil
-import ssl
-import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.cli import main as reconciler_main
-from reconciler.daemon import Daemon, Overrides
 from replicator.cli import main as replicator_main
-from replicator.config import DaemonSettings, Settings, with_overrides
 from tests.fix_db import SilentServer
 
 WEIRD = st.one_of(
@@ -221,69 +214,3 @@ def test_canary_password_never_leaks_from_any_command(
             assert result.exit_code == 2, (command, dsn, text)
             for fragment in ("Cn4ry", CANARY_URI, "p@ss"):
                 assert fragment not in text, (command, dsn, text)
-
-
-def openssl() -> str:
-    found = shutil.which("openssl")
-    if found is None:
-        pytest.skip("openssl is not installed")
-    return found
-
-
-@pytest.mark.integration
-def test_tls_and_basic_auth_refuse_unauthenticated_scrapes(
-    settings: Settings, tmp_path: Path
-) -> None:
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        [
-            openssl(),
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    configured = with_overrides(
-        settings,
-        daemon=DaemonSettings(
-            metrics_addr="127.0.0.1:0",
-            tls_cert_file=str(cert),
-            tls_key_file=str(key),
-            basic_auth_user="prom",
-            basic_auth_password="s3cret",
-        ),
-    )
-    daemon = Daemon(lambda: configured, Overrides())
-    server = daemon.serve_metrics()
-    context = ssl.create_default_context(cafile=str(cert))
-    try:
-        assert server.url.startswith("https://127.0.0.1:")
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(server.url, context=context, timeout=5)
-        assert refused.value.code == 401
-        with pytest.raises(OSError):  # plain HTTP is not served
-            urllib.request.urlopen(server.url.replace("https", "http"), timeout=5)
-        request = urllib.request.Request(server.url)
-        request.add_header("Authorization", "Basic cHJvbTpzM2NyZXQ=")  # prom:s3cret
-        with urllib.request.urlopen(request, context=context, timeout=5) as response:
-            body = response.read().decode()
-        assert "reconciler_build_info" in body
-        database = settings.require_dsn().target.rsplit("/", 1)[-1]
-        assert database not in body and "host=" not in body and "password" not in body
-    finally:
-        server.stop()
-        daemon.leader.release()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -176,7 +177,8 @@ def test_auto_repair_within_guardrails(
     assert audit[0][4] == 20
     assert (
         limited.metrics.registry.get_sample_value(
-            "reconciler_repairs_total", {"table": "ranking_signal"}
+            "reconciler_repairs_total",
+            {"table": "ranking_signal", "trigger": "auto", "outcome": "repaired"},
         )
         == 2
     )
@@ -294,28 +296,36 @@ def test_status_requires_in_sync(
     assert CliRunner().invoke(main, ["status", "--require-in-sync"]).exit_code == 1
 
 
-def test_run_process_signals_and_basic_auth(
+def test_run_process_signals_reload_and_secrets_from_files(
     cli_env: dict[str, str], settings: Settings, write_month: WriteMonth, tmp_path: Path
 ) -> None:
+    """The daemon as systemd or Kubernetes runs it: the DSN from a mounted file, basic auth from
+    a web config file; SIGHUP takes a new password at once and says the address needs a
+    restart; SIGTERM stops it cleanly."""
     write_month("ranking_signal", "2026-10", rows=10)
     write_month("composite_signal_daily", "2026-10", rows=10)
     replicate(settings, "ranking_signal", "2026-10")
     port = free_port()
+    web = tmp_path / "web.yml"
+
+    def users(password: str) -> None:
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        web.write_text(f"basic_auth_users:\n  prom: '{hashed}'\n")
+
+    users("s3cret")
     config = tmp_path / "reconciler.toml"
     config.write_text(
-        "[daemon]\ninterval_seconds = 0.5\nbasic_auth_user = 'prom'\n"
-        "basic_auth_password = 's3cret'\njson_logs = true\n"
+        f"[daemon]\ninterval_seconds = 0.5\nweb_config_file = '{web}'\n"
+        f"metrics_addr = '127.0.0.1:{port}'\n"
     )
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(cli_env["POSTGRES_DSN"] + "\n")
     env = {**os.environ, **cli_env, "PYTHONPATH": os.getcwd(), "RECONCILER_CONFIG": str(config)}
+    del env["POSTGRES_DSN"]
+    env["POSTGRES_DSN_FILE"] = str(dsn_file)
+    env["RECONCILER_DAEMON_JSON_LOGS"] = "true"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from reconciler.cli import main; main()",
-            "run",
-            "--metrics-addr",
-            f"127.0.0.1:{port}",
-        ],
+        [sys.executable, "-c", "from reconciler.cli import main; main()", "run"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -324,19 +334,26 @@ def test_run_process_signals_and_basic_auth(
     url = f"http://127.0.0.1:{port}/metrics"
     try:
 
-        def scraped() -> bool:
+        def scraped(password: str) -> bool:
             try:
-                samples = scrape(url, ("prom", "s3cret"))
+                samples = scrape(url, ("prom", password))
             except (urllib.error.URLError, ConnectionError):
                 return False
             return ("reconciler_last_cycle_timestamp_seconds", ()) in samples
 
-        until(scraped, timeout=30)
+        until(lambda: scraped("s3cret"), timeout=30)
         with pytest.raises(urllib.error.HTTPError) as refused:
             scrape(url)
         assert refused.value.code == 401
+        users("rotated")
+        config.write_text(
+            f"[daemon]\ninterval_seconds = 0.5\nweb_config_file = '{web}'\n"
+            f"metrics_addr = '127.0.0.1:{port + 1}'\n"
+        )
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        until(lambda: scraped("rotated"), timeout=10, what="the new password")
+        with pytest.raises(urllib.error.HTTPError):
+            scrape(url, ("prom", "s3cret"))
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -348,8 +365,11 @@ def test_run_process_signals_and_basic_auth(
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     messages = [line["message"] for line in lines]
     assert any("configuration reloaded" in m for m in messages)
+    assert any("web configuration reloaded" in m for m in messages)
+    assert any(f"to 127.0.0.1:{port + 1}: needs a restart" in m for m in messages)
     assert any("received SIGTERM" in m for m in messages)
     assert all("run_id" in line for line in lines if line["message"].startswith("cycle done"))
+    assert "s3cret" not in stderr and "rotated" not in stderr
 
 
 def test_months_in_error_are_never_auto_repaired(
