@@ -5,7 +5,6 @@ the new password and certificate, and a bind error that says what to change."""
 from __future__ import annotations
 
 import base64
-import shutil
 import socket
 import ssl
 import subprocess
@@ -21,22 +20,16 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.server import MetricsAddressError, MetricsServer
 from exporter.webconfig import WebConfigError, load_web_config
+from tests.waiting import tool
 
 Serve = Callable[[Path | None], MetricsServer]
-
-
-def openssl() -> str:
-    found = shutil.which("openssl")
-    if found is None:
-        pytest.skip("openssl is not installed")
-    return found
 
 
 def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     subprocess.run(
         [
-            openssl(),
+            tool("openssl"),
             *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
             *("-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"),
             *("-keyout", str(key), "-out", str(cert)),

@@ -1,10 +1,15 @@
-"""Small helpers for tests that wait on real processes: polling with a deadline, free ports."""
+"""Small helpers for tests that run real processes: polling with a deadline, free ports, and
+finding the system tools they need (Prometheus, Alertmanager, ...)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
+
+import pytest
 
 
 def until(
@@ -25,3 +30,13 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def tool(name: str, *aliases: str) -> str:
+    """The path of a system tool; a failure under CI (where .ci/run installs it), else a skip."""
+    found = next(filter(None, map(shutil.which, (name, *aliases))), None)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed (see .ci/run for how to install it)")
+    return found
