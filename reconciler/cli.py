@@ -29,6 +29,7 @@ from replicator.config import (
     TableSpec,
     parse_host_port,
 )
+from replicator.layout import Layout
 from replicator.options import (
     EXIT_ERROR,
     EXIT_FINDING,
@@ -77,15 +78,27 @@ def exit_code(status: Status) -> int:
 
 
 @main.command()
+@click.option(
+    "--layout",
+    type=click.Choice([layout.value for layout in Layout]),
+    default=None,
+    help="Convert the configured tables to this layout (default: postgres.layout); "
+    "plain to partitioned runs online, month by month.",
+)
 @json_option
 @settings_options
 def migrate(
-    as_json: bool, dsn: str | None, delta_root: str | None, config_path: str | None
+    layout: str | None,
+    as_json: bool,
+    dsn: str | None,
+    delta_root: str | None,
+    config_path: str | None,
 ) -> None:
-    """Apply the SQL migrations (schema, tables, sync state, roles) idempotently."""
+    """Apply the SQL migrations (schema, tables, sync state, roles) idempotently, and give the
+    configured tables their layout."""
     settings = build_settings(dsn, delta_root, config_path)
     db, _ = _prepare(settings, ())
-    applied = apply_migrations(db)
+    applied = apply_migrations(db, settings.tables, Layout(layout or settings.postgres.layout))
     if as_json:
         emit_json({"status": "ok", "applied": applied})
     else:

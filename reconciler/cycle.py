@@ -261,7 +261,7 @@ class Reconciler:
     ) -> CycleSnapshot:
         """The metadata of every month in the window; Delta's failures mark Delta down only."""
         states = {(s.table, s.year_month): s for s in read_all_sync_states(conn)}
-        suspicious = self._outside.suspicious_tables(conn, self.settings.tables, states)
+        suspicious, suspicious_months = self._outside.suspicious(conn, self.settings.tables, states)
         window = self.window()
         readable = set(readers)
         months: list[MonthMetadata] = []
@@ -292,7 +292,7 @@ class Reconciler:
                 inputs = MonthInputs(delta, SyncAnchor.of(state), str(month) in present, schema)
                 months.append(MonthMetadata(spec.name, month, inputs, state))
         conn.rollback()
-        return CycleSnapshot(now, tuple(months), frozenset(readable), suspicious)
+        return CycleSnapshot(now, tuple(months), frozenset(readable), suspicious, suspicious_months)
 
     def _observe(self, snapshot: CycleSnapshot) -> list[MonthKey]:
         """Months that exist nowhere any more are forgotten; those of readable tables are

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
+import psycopg
+from psycopg import sql
+
+from reconciler.convert import convert_to_partitioned
+from replicator.config import DEFAULT_TABLES, TableSpec
+from replicator.layout import MAINTAIN_SINCE, Layout
 from replicator.postgres import Database
 
 logger = logging.getLogger(__name__)
@@ -43,8 +51,13 @@ def packaged_migrations() -> list[Migration]:
     ]
 
 
-def migrate(db: Database) -> list[str]:
-    """Applies pending migrations, each in its own transaction; returns the versions applied."""
+def migrate(
+    db: Database,
+    tables: Sequence[TableSpec] = DEFAULT_TABLES,
+    layout: Layout | None = None,
+) -> list[str]:
+    """Applies pending migrations, each in its own transaction, registers the configured
+    tables, and converts them to `layout` when given; returns the versions applied."""
     applied: list[str] = []
     db = db.named("reconciler-migrate")
     with db.connect() as conn, db.errors("migration failed"):
@@ -70,6 +83,30 @@ def migrate(db: Database) -> list[str]:
                 )
             logger.info("applied migration %s", migration.version)
             applied.append(migration.version)
+        register_tables(conn, tables)
         conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
         conn.commit()
+    if layout is Layout.PARTITIONED:
+        for spec in tables:
+            if convert_to_partitioned(db, spec):
+                applied.append(f"{spec.qualified_name}: partitioned")
     return applied
+
+
+def register_tables(conn: psycopg.Connection[Any], tables: Sequence[TableSpec]) -> None:
+    """The configured tables, for the SECURITY DEFINER functions of migration 0007; on
+    Postgres 17 and later the writer may ANALYZE them itself (MAINTAIN)."""
+    newest = conn.execute("SELECT pg_catalog.current_setting('server_version_num')::int")
+    maintain = (newest.fetchone() or (0,))[0] >= MAINTAIN_SINCE
+    for spec in tables:
+        conn.execute(
+            "INSERT INTO ranking.signal_tables VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (spec.postgres_schema, spec.postgres_table),
+        )
+        exists = conn.execute("SELECT pg_catalog.to_regclass(%s)", (spec.qualified_name,))
+        if maintain and (exists.fetchone() or (None,))[0] is not None:
+            conn.execute(
+                sql.SQL("GRANT MAINTAIN ON {} TO ranking_writer").format(
+                    sql.Identifier(spec.postgres_schema, spec.postgres_table)
+                )
+            )

@@ -14,6 +14,11 @@ cycle; when one fails, the table's months are compared again instead of assumed 
 
 A session can still silence the statistics (`SET track_counts = off` as a superuser), which no
 check here can see: the planner's periodic Postgres re-digest is the bound behind this signal.
+
+A partitioned table is watched partition by partition, so a write around the replicator marks
+the one month it touched: the replicator never changes an attached partition, it swaps in a new
+one (a new relation) holding exactly the rows of the sync it records. Any change to a partition
+that stays, and any new partition that no sync explains, is an outside write to that month.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ class ServerFacts:
 class TableStats:
     changes: int  # n_tup_ins + n_tup_upd + n_tup_del
     filenode: int | None
+    # Partitioned tables: month -> (partition oid, its changes, its filenode).
+    partitions: dict[str, tuple[int, int, int | None]] | None = None
+
+
+MonthKey = tuple[str, str]
 
 
 def read_server(conn: psycopg.Connection[Any]) -> ServerFacts:
@@ -68,7 +78,7 @@ def read_server(conn: psycopg.Connection[Any]) -> ServerFacts:
 
 def read_table(conn: psycopg.Connection[Any], spec: TableSpec) -> TableStats:
     row = conn.execute(
-        "SELECT coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del"
+        "SELECT c.oid, c.relkind, coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del"
         "  FROM pg_catalog.pg_stat_user_tables WHERE relid = c.oid), 0),"
         " pg_catalog.pg_relation_filenode(c.oid)"
         " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
@@ -77,7 +87,24 @@ def read_table(conn: psycopg.Connection[Any], spec: TableSpec) -> TableStats:
     ).fetchone()
     if row is None:
         return TableStats(0, None)
-    return TableStats(int(row[0]), None if row[1] is None else int(row[1]))
+    filenode = None if row[3] is None else int(row[3])
+    if row[1] != "p":
+        return TableStats(int(row[2]), filenode)
+    parts = conn.execute(
+        "SELECT substring(pg_catalog.pg_get_expr(p.relpartbound, p.oid)"
+        " FROM 'IN \\(''([0-9-]+)''\\)'), p.oid,"
+        " coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del"
+        "  FROM pg_catalog.pg_stat_user_tables WHERE relid = p.oid), 0),"
+        " pg_catalog.pg_relation_filenode(p.oid)"
+        " FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhrelid"
+        " WHERE i.inhparent = %s",
+        (row[0],),
+    ).fetchall()
+    partitions = {
+        str(month): (int(oid), int(changes), None if node is None else int(node))
+        for month, oid, changes, node in parts
+    }
+    return TableStats(0, filenode, partitions)
 
 
 class OutsideWriteDetector:
@@ -89,28 +116,69 @@ class OutsideWriteDetector:
         self._tables: dict[str, TableStats] = {}
         self._sync_seen: dict[tuple[str, str], SyncState] = {}
 
-    def suspicious_tables(
+    def suspicious(
         self,
         conn: psycopg.Connection[Any],
         tables: Iterable[TableSpec],
         states: dict[tuple[str, str], SyncState],
-    ) -> dict[str, str]:
-        """The tables whose months must be compared again, each with the reason."""
+    ) -> tuple[dict[str, str], dict[MonthKey, str]]:
+        """The tables whose every month must be compared again, and the single months (of
+        partitioned tables), each with the reason."""
         specs = list(tables)
         server = read_server(conn)
         everything = self._server_reason(server)
         suspicious: dict[str, str] = {}
+        months: dict[MonthKey, str] = {}
         for spec in specs:
             stats = read_table(conn, spec)
             reason = everything or self._table_reason(spec, stats, states)
             if reason is not None:
                 suspicious[spec.name] = reason
+            elif stats.partitions is not None:
+                months.update(self._partition_reasons(spec, stats, states))
             self._tables[spec.name] = stats
         for name, reason in sorted(suspicious.items()):
             logger.warning("re-checking every month of %s: %s", name, reason, extra={"table": name})
+        for (name, month), reason in sorted(months.items()):
+            logger.warning(
+                "re-checking %s %s: %s",
+                name,
+                month,
+                reason,
+                extra={"table": name, "year_month": month},
+            )
         self._server = server
         self._sync_seen = dict(states)
-        return suspicious
+        return suspicious, months
+
+    def _synced_since(self, key: MonthKey, state: SyncState | None) -> bool:
+        seen = self._sync_seen.get(key)
+        if state is None:
+            return False
+        return seen is None or (seen.run_id, seen.synced_at) != (state.run_id, state.synced_at)
+
+    def _partition_reasons(
+        self, spec: TableSpec, stats: TableStats, states: dict[tuple[str, str], SyncState]
+    ) -> dict[MonthKey, str]:
+        previous = self._tables.get(spec.name)
+        if previous is None or previous.partitions is None:
+            return {}
+        assert stats.partitions is not None
+        reasons: dict[MonthKey, str] = {}
+        for month, (oid, changes, filenode) in stats.partitions.items():
+            key = (spec.name, month)
+            state = states.get(key)
+            before = previous.partitions.get(month)
+            if before is not None and before[0] == oid:
+                if filenode != before[2]:
+                    reasons[key] = "the month's partition was rewritten"
+                elif changes != before[1]:
+                    reasons[key] = "the month's partition was written outside the replicator"
+            elif not self._synced_since(key, state):
+                reasons[key] = "the month's partition was replaced outside the replicator"
+            elif state is not None and changes > (state.row_count or 0):
+                reasons[key] = "the month's partition was written outside the replicator"
+        return reasons
 
     def _server_reason(self, server: ServerFacts) -> str | None:
         if not server.track_counts:
@@ -133,6 +201,10 @@ class OutsideWriteDetector:
         previous = self._tables.get(spec.name)
         if previous is None:
             return None
+        if (stats.partitions is None) != (previous.partitions is None):
+            return "the table's layout changed (reconciler migrate --layout)"
+        if stats.partitions is not None:
+            return None  # watched partition by partition
         if stats.filenode != previous.filenode:
             return "the table was rewritten (ALTER TABLE, VACUUM FULL, CLUSTER or TRUNCATE)"
         if stats.changes < previous.changes:

@@ -49,6 +49,8 @@ class CycleSnapshot:
     # Tables whose Postgres side may have changed without any metadata showing it, and why
     # (written around the replicator, rewritten, statistics reset, failover, ...).
     suspicious: Mapping[str, str] = field(default_factory=dict)
+    # Single months of partitioned tables written around the replicator, and why.
+    suspicious_months: Mapping[MonthKey, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ def why_compare(
         return "retrying an error"  # the failed read may have been transient
     if meta.table in snapshot.suspicious:
         return snapshot.suspicious[meta.table]
+    if meta.key in snapshot.suspicious_months:
+        return snapshot.suspicious_months[meta.key]
     if meta.inputs != known.compared:
         return "changed"
     return None

@@ -60,6 +60,14 @@ def power_of_two(value: int, name: str) -> None:
         raise ConfigError(f"{name} must be a power of two from 1 to 65536, got {value}")
 
 
+def one_of(*allowed: str) -> Check:
+    def check(value: str, name: str) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    return check
+
+
 def host_port(value: str, name: str) -> None:
     parse_host_port(value)
 
@@ -158,6 +166,9 @@ class PostgresSettings:
     batch_rows: int = checked(131_072, positive)
     # A password fetched for every new connection (a short-lived token): a command whose
     # standard output is the password, or Microsoft Entra ID through azure-identity.
+    # plain (DELETE + COPY) or partitioned (a partition per month, swapped): what `reconciler
+    # migrate` establishes; writes follow what the table is (replicator/layout.py).
+    layout: str = checked("plain", one_of("plain", "partitioned"))
     password_command: str | None = None
     azure_entra_auth: bool = False
     azure_client_id: str | None = None  # a user-assigned managed identity; default: the system one

@@ -1,9 +1,12 @@
-"""The transactional month write: lock, delete, bulk COPY, verify, record, commit.
+"""The transactional month write: lock, replace, bulk COPY, verify, analyze, record, commit.
 
 One Postgres transaction per (table, month). Readers of the month see the old rows or the
 new rows, never a mix; the sync state row is written in the same transaction, so it always
 describes what is there. The COPY streams Arrow batches straight from the Delta snapshot via
-ADBC's binary COPY, so memory does not grow with the month.
+ADBC's binary COPY, so memory does not grow with the month. How the month is replaced depends
+on the table's layout (`replicator.layout`): a DELETE then COPY into the table, or a COPY into
+a staging table swapped in as the month's partition. Either way the month is analyzed before
+the commit.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from replicator.errors import (
     ReplicationError,
     StaleSnapshotError,
 )
+from replicator.layout import STAGE_MONTH, SWAP_MONTH, Layout, analyze_statement, table_layout
 from replicator.postgres import Database
 from replicator.schema import (
     PARTITION_COLUMN,
@@ -235,13 +239,15 @@ class MonthWriter:
                 f"{reader.version}; refusing to empty it in Postgres (pass --allow-empty)"
             )
         with db.connect() as meta, db.errors(f"table {spec.name}"):
+            layout = table_layout(meta, spec)
             pg_columns = postgres_columns(meta, spec)
             recorded = recorded_schema(meta, spec.name)
+            analyze = analyze_statement(meta, spec) if layout is Layout.PLAIN else None
         schema = reconcile_schemas(spec, reader.columns(), pg_columns, recorded=recorded)
         conn = db.connect_adbc()
         try:
             with conn.cursor() as cur:
-                rows = self._transaction(conn, cur, db, schema, reader, year_month, force)
+                rows = self._transaction(conn, cur, db, schema, reader, year_month, force, analyze)
         except adbc_driver_manager.Error as exc:
             raise db.translate(exc, f"table {spec.name} {year_month}: Postgres failed") from None
         finally:
@@ -266,7 +272,9 @@ class MonthWriter:
         reader: DeltaTableReader,
         year_month: YearMonth,
         force: bool,
+        analyze: sql.Composed | None,
     ) -> int:
+        """`analyze` is how to analyze a plain table; None: the table is partitioned."""
         spec = schema.spec
         cur.execute(
             _adbc_sql(month_lock_sql("$1", "$2::integer")),
@@ -285,21 +293,24 @@ class MonthWriter:
                 f"{held_version}, newer than version {reader.version}; not replacing it "
                 "(use --force)"
             )
-        cur.execute(
-            _adbc_sql(
-                sql.SQL("DELETE FROM {} WHERE year_month = $1").format(schema.qualified_table)
-            ),
-            (str(year_month),),
-        )
+        month = (spec.postgres_schema, spec.postgres_table, str(year_month))
+        if analyze is None:  # partitioned: a fresh staging table, swapped in below
+            cur.execute(_adbc_sql(STAGE_MONTH), month)
+            target = str(cur.fetchall()[0][0])
+        else:
+            target = spec.postgres_table
+            cur.execute(
+                _adbc_sql(
+                    sql.SQL("DELETE FROM {} WHERE year_month = $1").format(schema.qualified_table)
+                ),
+                (str(year_month),),
+            )
         stream = _BatchStream(
             schema, reader.scan_month(year_month, schema.names, self.settings.postgres.batch_rows)
         )
         try:
             cur.adbc_ingest(
-                spec.postgres_table,
-                stream.reader(),
-                mode="append",
-                db_schema_name=spec.postgres_schema,
+                target, stream.reader(), mode="append", db_schema_name=spec.postgres_schema
             )
         except Exception:
             # The connection may be gone: the original error is the one worth reporting.
@@ -309,7 +320,13 @@ class MonthWriter:
                 raise stream.error from None
             raise
         if self.settings.postgres.verify_counts:
-            self._verify_counts(cur, schema, reader, year_month, stream.rows, conn)
+            table = sql.Identifier(spec.postgres_schema, target)
+            self._verify_counts(cur, table, schema, reader, year_month, stream.rows, conn)
+        if analyze is None:
+            cur.execute(_adbc_sql(SWAP_MONTH), (*month, target))
+        else:
+            cur.execute(_adbc_sql(analyze))
+        cur.fetchall()
         anchor = Anchor(
             delta_version=reader.version,
             delta_table_id=reader.table_id,
@@ -340,6 +357,7 @@ class MonthWriter:
     def _verify_counts(
         self,
         cur: Any,
+        table: sql.Identifier,
         schema: TableSchema,
         reader: DeltaTableReader,
         year_month: YearMonth,
@@ -347,11 +365,7 @@ class MonthWriter:
         conn: Any,
     ) -> None:
         cur.execute(
-            _adbc_sql(
-                sql.SQL("SELECT count(*) FROM {} WHERE year_month = $1").format(
-                    schema.qualified_table
-                )
-            ),
+            _adbc_sql(sql.SQL("SELECT count(*) FROM {} WHERE year_month = $1").format(table)),
             (str(year_month),),
         )
         in_postgres = int(cur.fetchall()[0][0])

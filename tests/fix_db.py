@@ -14,8 +14,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -24,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from reconciler.migrate import migrate
 from replicator.config import Settings, load_settings
+from replicator.layout import Layout
 from replicator.postgres import Database
 from replicator.secrets import Dsn
 
@@ -48,32 +50,87 @@ def pg_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pg_database(pg_server: str) -> Iterator[str]:
-    """DSN of a fresh, migrated database for this test session."""
-    name = f"reconciler_test_{uuid.uuid4().hex[:10]}"
+def pg_databases(pg_server: str) -> Iterator[Callable[[str], str]]:
+    """DSN of a fresh, migrated database per table layout, made on first use."""
+    made: dict[str, str] = {}
+
+    def database(layout: str) -> str:
+        if layout not in made:
+            name = f"reconciler_test_{layout[:5]}_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(pg_server, autocommit=True) as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            made[layout] = make_conninfo(pg_server, dbname=name)
+            migrate(Database(Dsn(made[layout])), layout=Layout(layout))
+        return made[layout]
+
+    yield database
     with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(pg_server, dbname=name)
-    migrate(Database(Dsn(dsn)))
-    try:
-        yield dsn
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as admin:
+        for dsn in made.values():
+            name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
             admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name)))
             )
 
 
 @pytest.fixture
+def layout(request: pytest.FixtureRequest) -> str:
+    """The signal tables' layout: plain, unless a module runs on both with LAYOUTS."""
+    return str(getattr(request, "param", "plain"))
+
+
+# Marks a module (pytestmark) or a test to run on both layouts: every test of it that uses the
+# database runs twice (see pytest_generate_tests in conftest.py).
+LAYOUTS = pytest.mark.both_layouts
+
+
+@pytest.fixture
+def pg_database(pg_databases: Callable[[str], str], layout: str) -> str:
+    return pg_databases(layout)
+
+
+@pytest.fixture
 def pg_dsn(pg_database: str) -> str:
-    """The session database with every data and state table emptied."""
+    """The database with every data and state table emptied (and no month partitions)."""
     with psycopg.connect(pg_database, autocommit=True) as conn:
+        partitions = conn.execute(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'ranking' AND c.relispartition"
+        ).fetchall()
+        for (partition,) in partitions:
+            conn.execute(f"DROP TABLE {partition}")
         tables = conn.execute(
             "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables"
-            " WHERE schemaname = 'ranking' AND tablename <> 'schema_migrations'"
+            " WHERE schemaname = 'ranking' AND tablename NOT IN ('schema_migrations',"
+            " 'signal_tables')"
         ).fetchall()
         conn.execute("TRUNCATE " + ", ".join(t for (t,) in tables))
     return pg_database
+
+
+@pytest.fixture
+def login_as(pg_dsn: str, pg: psycopg.Connection[Any]) -> Iterator[Any]:
+    """login_as(group_role) -> a connection as a fresh login user that is a member of it."""
+    created: list[str] = []
+
+    def login(group: str) -> psycopg.Connection[Any]:
+        name = f"rt_{group}_{uuid.uuid4().hex[:6]}"
+        pg.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(name), sql.Identifier(group)
+            )
+        )
+        created.append(name)
+        return psycopg.connect(make_conninfo(pg_dsn, user=name), autocommit=True)
+
+    pg.execute("CREATE TABLE IF NOT EXISTS public.unrelated (x int)")
+    yield login
+    for name in created:
+        pg.execute(
+            sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(
+                sql.Identifier(name), sql.Identifier(name)
+            )
+        )
 
 
 @pytest.fixture

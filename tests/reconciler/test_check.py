@@ -16,8 +16,10 @@ from reconciler.cli import main
 from replicator.config import Settings
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
-from tests.fix_db import SilentServer
+from tests.fix_db import LAYOUTS, SilentServer
 from tests.fix_delta import WriteMonth
+
+pytestmark = LAYOUTS  # every check runs on both table layouts
 
 OCT = YearMonth.parse("2026-10")
 

@@ -23,10 +23,11 @@ from replicator.errors import PostgresError
 from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
+from tests.fix_db import LAYOUTS
 from tests.fix_proxy import CommitSwallowingProxy
 from tests.waiting import until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, LAYOUTS]
 OCT = YearMonth.parse("2026-10")
 OLD_ROWS, NEW_ROWS = 1_000, 400_000
 

@@ -1,0 +1,209 @@
+"""`reconciler migrate --layout partitioned`: converting a plain signal table in place, month by
+month, without losing or duplicating a row, while readers and the writer keep working.
+
+1. Copy, month by month, each month into a standalone table that will become its partition
+   (`<table>_<YYYYMM>`, with the partition bound as a CHECK constraint), in one transaction per
+   month under that month's writer lock: the copy is consistent with any write of the month;
+   writers of the other months and every reader carry on.
+2. One short final transaction: take the writer locks of every month and a SHARE lock on the
+   table (writes wait, reads do not), compare each month's count and a checksum of its rows
+   with its copy and copy again the few months written since, build the partitioned table from
+   the copies (the CHECK constraints spare ATTACH any scan), give it the old table's grants,
+   and swap the names. Readers wait only from the rename to the commit (an ACCESS EXCLUSIVE
+   lock on the old table): milliseconds once the running reads have finished; the lock waits
+   at most `lock_timeout` for them and the step is retried.
+
+A view or anything else depending on the old table makes its DROP fail: the whole final
+transaction rolls back, the table stays plain and untouched, and the error names the cause.
+Going back from partitioned to plain is not supported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.config import TableSpec
+from replicator.errors import PostgresError
+from replicator.layout import Layout, table_layout
+from replicator.postgres import Database
+from replicator.yearmonth import YearMonth
+
+logger = logging.getLogger(__name__)
+
+FINAL_ATTEMPTS = 5
+LOCK_TIMEOUT = "10s"
+
+
+def partition_name(spec: TableSpec, month: str) -> str:
+    """The name `ranking.swap_month` gives a month's partition."""
+    return f"{spec.postgres_table[:50]}_{month.replace('-', '')}"
+
+
+def _month_lock(conn: psycopg.Connection[Any], spec: TableSpec, month: str) -> None:
+    conn.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(%s), %s)",
+        (spec.qualified_name, YearMonth.parse(month).lock_key),
+    )
+
+
+def _months(conn: psycopg.Connection[Any], table: sql.Identifier) -> list[str]:
+    query = sql.SQL("SELECT DISTINCT year_month FROM {} ORDER BY 1").format(table)
+    return [row[0] for row in conn.execute(query)]
+
+
+def _copy_month(
+    conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifier, month: str
+) -> None:
+    """(Re)creates the month's future partition with a copy of its rows; no commit."""
+    part = sql.Identifier(spec.postgres_schema, partition_name(spec, month))
+    _drop_leftover(conn, spec.postgres_schema, partition_name(spec, month))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+            " INCLUDING STORAGE INCLUDING COMPRESSION)"
+        ).format(part, table)
+    )
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD CONSTRAINT month_bound CHECK (year_month = {})").format(
+            part, sql.Literal(month)
+        )
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE year_month = %s").format(part, table),
+        (month,),
+    )
+    conn.execute(sql.SQL("ANALYZE {}").format(part))
+
+
+def _drop_leftover(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+    """Drops a copy an interrupted conversion left; refuses to touch any other table."""
+    row = conn.execute(
+        "SELECT c.relispartition, EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k"
+        "  WHERE k.conrelid = c.oid AND k.conname = 'month_bound')"
+        " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        (schema, name),
+    ).fetchone()
+    if row is None:
+        return
+    if row[0] or not row[1]:
+        raise PostgresError(
+            f"converting: {schema}.{name} exists and is not a copy this conversion made;"
+            " rename it first"
+        )
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, name)))
+
+
+def _checksums(
+    conn: psycopg.Connection[Any], source: sql.Composable, month: str | None = None
+) -> dict[str, tuple[int, int]]:
+    """Rows and a checksum of their text per month (the same server, the same columns in the
+    same order on both sides, so equal rows give equal text)."""
+    where = sql.SQL(" WHERE year_month = %s") if month else sql.SQL("")
+    query = sql.SQL(
+        "SELECT year_month, count(*), coalesce(sum(pg_catalog.hashtextextended(t::text, 0)), 0)"
+        " FROM {} AS t{} GROUP BY 1"
+    ).format(source, where)
+    rows = conn.execute(query, (month,) if month else None).fetchall()
+    return {row[0]: (int(row[1]), int(row[2])) for row in rows}
+
+
+def convert_to_partitioned(db: Database, spec: TableSpec) -> bool:
+    """Converts the table; False when it is partitioned already."""
+    table = sql.Identifier(spec.postgres_schema, spec.postgres_table)
+    with db.connect() as conn, db.errors(f"converting {spec.qualified_name}"):
+        if table_layout(conn, spec) is Layout.PARTITIONED:
+            return False
+        months = _months(conn, table)
+        conn.rollback()
+        started = time.monotonic()
+        for month in months:
+            _month_lock(conn, spec, month)
+            _copy_month(conn, spec, table, month)
+            conn.commit()
+            logger.info("%s: copied %s", spec.qualified_name, month)
+        for attempt in range(1, FINAL_ATTEMPTS + 1):
+            try:
+                blocked = _swap_in(conn, spec, table)
+                break
+            except psycopg.errors.LockNotAvailable:
+                conn.rollback()
+                logger.warning(
+                    "%s: readers held the table past lock_timeout (attempt %d of %d)",
+                    spec.qualified_name,
+                    attempt,
+                    FINAL_ATTEMPTS,
+                )
+        else:
+            raise PostgresError(
+                f"converting {spec.qualified_name}: the table stayed in use past "
+                f"lock_timeout {FINAL_ATTEMPTS} times; try again when readers are quieter"
+            )
+    logger.info(
+        "%s: partitioned, %d months in %.1fs; readers waited %.3fs at most",
+        spec.qualified_name,
+        len(months),
+        time.monotonic() - started,
+        blocked,
+    )
+    return True
+
+
+def _swap_in(conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifier) -> float:
+    """The final transaction (see the module docstring); returns how long readers waited."""
+    schema = spec.postgres_schema
+    parent_name = f"{spec.postgres_table[:48]}__partitioned"
+    parent = sql.Identifier(schema, parent_name)
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+    for month in _months(conn, table):
+        _month_lock(conn, spec, month)
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(table))
+    months = _months(conn, table)  # under the lock: nothing changes any more
+    expected = _checksums(conn, table)
+    for month in months:
+        copied = _checksums(conn, sql.Identifier(schema, partition_name(spec, month)), month)
+        if copied.get(month) != expected[month]:
+            logger.info("%s: %s changed during the copy; copying it again", spec.name, month)
+            _copy_month(conn, spec, table, month)
+    leftover = conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{schema}.{parent_name}",))
+    if (leftover.fetchone() or (None,))[0] is not None:
+        conn.execute(sql.SQL("DROP TABLE {}").format(parent))  # an interrupted conversion's
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE"
+            " INCLUDING COMPRESSION) PARTITION BY LIST (year_month)"
+        ).format(parent, table)
+    )
+    for month in months:
+        part = sql.Identifier(schema, partition_name(spec, month))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+                parent, part, sql.Literal(month)
+            )
+        )
+    # The same grants as the plain table had.
+    grants = conn.execute(
+        "SELECT a.privilege_type, pg_catalog.quote_ident(r.rolname)"
+        " FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
+        " JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
+        " WHERE c.oid = %s::regclass AND a.grantee <> c.relowner",
+        (spec.qualified_name,),
+    ).fetchall()
+    for privilege, grantee in grants:
+        conn.execute(
+            sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), parent, sql.SQL(grantee))
+        )
+    old = f"{spec.postgres_table[:48]}__plain_old"
+    waited = time.monotonic()
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table, sql.Identifier(old)))
+    conn.execute(
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(parent, sql.Identifier(spec.postgres_table))
+    )
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, old)))
+    conn.commit()
+    return time.monotonic() - waited

@@ -1,0 +1,82 @@
+"""How a signal table is laid out in Postgres, and the statements each layout's write needs.
+
+* `plain`: one table; a write deletes the month and copies it in again, in one transaction.
+  Every rewrite leaves the old month as dead tuples for autovacuum.
+* `partitioned`: the table is partitioned by `year_month` (LIST), one partition per month. A
+  write copies the month into a fresh staging table, and `ranking.swap_month` builds its
+  indexes, analyzes it and swaps it in for the old partition, which is dropped: no dead tuples,
+  and readers wait only for the swap.
+
+The writer and the reconciler follow what the table is (its `relkind`), so a table converted by
+`reconciler migrate --layout partitioned` is written the new way from its next write on;
+`postgres.layout` in the configuration is what `reconciler migrate` establishes.
+
+Either way the writer leaves the month analyzed before it commits: the partitioned layout
+analyzes the staging table before it is attached; the plain layout analyzes the table, through
+`MAINTAIN` on Postgres 17 and later, else through `ranking.analyze_signal_table` (migration
+0007). Planner statistics that count the month let the digest, and every reader, get a
+parallel scan right after the write instead of a plan made for a few thousand rows.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.config import TableSpec
+from replicator.errors import InputError
+
+
+class Layout(enum.StrEnum):
+    PLAIN = "plain"
+    PARTITIONED = "partitioned"
+
+
+MAINTAIN_SINCE = 170000  # server_version_num from which MAINTAIN can be granted
+
+
+def table_layout(conn: psycopg.Connection[Any], spec: TableSpec) -> Layout:
+    """What the table is; InputError when it does not exist."""
+    row = conn.execute(
+        "SELECT c.relkind FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        (spec.postgres_schema, spec.postgres_table),
+    ).fetchone()
+    if row is None:
+        raise InputError(
+            f"table {spec.qualified_name} does not exist in Postgres: run `reconciler migrate`"
+        )
+    return Layout.PARTITIONED if row[0] == "p" else Layout.PLAIN
+
+
+def analyze_statement(conn: psycopg.Connection[Any], spec: TableSpec) -> sql.Composed:
+    """How this session analyzes the (plain) table: ANALYZE itself where it holds MAINTAIN (or
+    owns the table), else the SECURITY DEFINER function. ANALYZE without the right only warns
+    and skips, so the right is asked first."""
+    row = conn.execute(
+        "SELECT pg_catalog.current_setting('server_version_num')::int,"
+        " pg_catalog.pg_has_role(c.relowner, 'USAGE')"
+        " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        (spec.postgres_schema, spec.postgres_table),
+    ).fetchone()
+    table = sql.Identifier(spec.postgres_schema, spec.postgres_table)
+    if row is not None and row[1]:
+        return sql.SQL("ANALYZE {}").format(table)
+    if row is not None and row[0] >= MAINTAIN_SINCE:
+        maintain = conn.execute(
+            "SELECT pg_catalog.has_table_privilege(%s, 'MAINTAIN')", (spec.qualified_name,)
+        ).fetchone()
+        if maintain and maintain[0]:
+            return sql.SQL("ANALYZE {}").format(table)
+    return sql.SQL("SELECT ranking.analyze_signal_table({}, {})").format(
+        sql.Literal(spec.postgres_schema), sql.Literal(spec.postgres_table)
+    )
+
+
+STAGE_MONTH = sql.SQL("SELECT ranking.stage_month($1, $2, $3)")
+SWAP_MONTH = sql.SQL("SELECT ranking.swap_month($1, $2, $3, $4)")
