@@ -125,7 +125,9 @@ def main() -> None:
                     " FROM ranking.changed c WHERE (t.signal_date, t.entity_id, t.signal_name)"
                     " = (c.signal_date, c.entity_id, c.signal_name)"
                 )
-        diff_seconds, diff = timed(lambda: diff_month(checker.db, settings, spec, MONTH, 100))
+        diff_seconds, diff = timed(
+            lambda: diff_month(spec.name, MONTH, settings=settings, limit=100)
+        )
         reladiff_diff_seconds, reladiff_found = reladiff_run(dsn)
         report(
             "diff with 10 changed rows",
@@ -134,7 +136,14 @@ def main() -> None:
                     "reladiff hashdiff",
                     f"{reladiff_diff_seconds:6.2f} s  ({reladiff_found} rows: + and - per change)",
                 ),
-                ("reconciler diff", f"{diff_seconds:6.2f} s  ({len(diff.changed)} changed keys)"),
+                (
+                    "reconciler diff",
+                    f"{diff_seconds:6.2f} s  ({diff.totals['changed']} changed keys)",
+                ),
+                (
+                    "reconciler check --deep (same month)",
+                    f"{deep_seconds:6.2f} s  (diff / deep {diff_seconds / deep_seconds:.2f})",
+                ),
                 (
                     "speed-up vs reladiff",
                     f"{reladiff_diff_seconds / diff_seconds:6.2f}x  (target > 1)",

@@ -1,6 +1,6 @@
 """Cost of a daemon cycle over 36 months x 2 tables: idle, and after one month changed.
 
-    python -m benchmarks.bench_daemon [--rows 1000000]
+    python -m benchmarks.bench_daemon [--rows 1000000] [--layout plain|partitioned]
 
 Baseline: the first cycle (every month compared once, as after a start). Then an idle cycle
 (nothing changed: metadata only), a cycle after one month was rewritten in Delta and replicated
@@ -10,6 +10,7 @@ Baseline: the first cycle (every month compared once, as after a start). Then an
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ from benchmarks.common import arguments, report, scratch_database, settings_for,
 from reconciler.daemon import Daemon, Overrides
 from reconciler.sample import GENERATORS, write_delta_month
 from replicator.config import DaemonSettings, with_overrides
+from replicator.layout import Layout
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 
@@ -29,7 +31,13 @@ def main() -> None:
     args = arguments(__doc__ or "", rows=1_000_000)
     now = time.gmtime()
     months = [YearMonth(now.tm_year, now.tm_mon).shifted(-i) for i in range(MONTHS)]
-    with tempdir() as root, scratch_database(args.server) as dsn:
+    layouts = [Layout(args.layout)] if args.layout else list(Layout)
+    for layout in layouts:
+        measure(args, months, layout)
+
+
+def measure(args: argparse.Namespace, months: list[YearMonth], layout: Layout) -> None:
+    with tempdir() as root, scratch_database(args.server, layout=layout) as dsn:
         settings = with_overrides(
             settings_for(dsn, root), daemon=DaemonSettings(retention_months=MONTHS)
         )
@@ -59,7 +67,7 @@ def main() -> None:
         settled, settled_summary = timed(daemon.run_cycle)
         report(
             f"daemon cycle, {MONTHS} months x {len(settings.tables)} tables of "
-            f"{args.rows:,} rows (set-up {setup:.0f} s)",
+            f"{args.rows:,} rows, {layout} layout (set-up {setup:.0f} s)",
             [
                 (
                     "first cycle (all months compared)",

@@ -19,6 +19,7 @@ from psycopg.conninfo import make_conninfo
 from reconciler.migrate import migrate
 from reconciler.sample import GENERATORS, write_delta_month
 from replicator.config import Settings, load_settings
+from replicator.layout import Layout
 from replicator.postgres import Database
 from replicator.secrets import Dsn
 from replicator.yearmonth import YearMonth
@@ -36,6 +37,12 @@ def arguments(description: str, rows: int) -> argparse.Namespace:
     )
     parser.add_argument("--rows", type=int, default=rows, help="rows in the benchmark month")
     parser.add_argument(
+        "--layout",
+        choices=[layout.value for layout in Layout],
+        default=None,
+        help="table layout (default: each harness's own; bench_replicator measures both)",
+    )
+    parser.add_argument(
         "--big-rows",
         type=int,
         default=10_000_000,
@@ -45,14 +52,16 @@ def arguments(description: str, rows: int) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def scratch_database(server: str, name: str = "reconciler_bench") -> Iterator[str]:
+def scratch_database(
+    server: str, name: str = "reconciler_bench", layout: Layout | None = None
+) -> Iterator[str]:
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = make_conninfo(server, dbname=name)
-    migrate(Database(Dsn(dsn)))
+    migrate(Database(Dsn(dsn)), layout=layout)
     try:
         yield dsn
     finally:
@@ -121,3 +130,16 @@ def report(title: str, rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key.ljust(width)}  {value}")
+
+
+def dead_tuples(dsn: str, table: str = "ranking_signal") -> int:
+    """Dead tuples of the table and its partitions, once the writers' statistics are flushed."""
+    time.sleep(1.5)
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(s.n_dead_tup), 0) FROM pg_stat_user_tables s"
+            " WHERE s.relid = %s::regclass OR s.relid IN"
+            " (SELECT inhrelid FROM pg_inherits WHERE inhparent = %s::regclass)",
+            (f"ranking.{table}", f"ranking.{table}"),
+        ).fetchone()
+    return int(row[0]) if row else 0

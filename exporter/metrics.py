@@ -31,6 +31,9 @@ CHECK_FAILURES = "reconciler_check_failures"
 CHECK_DURATION = "reconciler_check_duration_seconds"
 REPAIRS = "reconciler_repairs"
 REPAIR_FAILURES = "reconciler_repair_failures"
+DIGEST_ROWS = "reconciler_digest_rows"  # _total
+DIGEST_SECONDS = "reconciler_digest_seconds"  # _total
+DIGEST_PAUSED = "reconciler_digest_paused_seconds"  # _total
 SOURCE_UP = "reconciler_source_up"
 LAST_CYCLE = "reconciler_last_cycle_timestamp_seconds"
 LEADER = "reconciler_leader"
@@ -56,6 +59,9 @@ EXPORTED_NAMES = frozenset(
         f"{CHECK_DURATION}_count",
         f"{REPAIRS}_total",
         f"{REPAIR_FAILURES}_total",
+        f"{DIGEST_ROWS}_total",
+        f"{DIGEST_SECONDS}_total",
+        f"{DIGEST_PAUSED}_total",
         SOURCE_UP,
         LAST_CYCLE,
         LEADER,
@@ -238,6 +244,23 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=self.registry,
         )
+        self.digest_rows = Counter(
+            DIGEST_ROWS, "Rows digested by comparisons, per side", ["side"], registry=self.registry
+        )
+        self.digest_seconds = Counter(
+            DIGEST_SECONDS,
+            "Seconds spent computing digests, per side",
+            ["side"],
+            registry=self.registry,
+        )
+        self.digest_paused = Counter(
+            DIGEST_PAUSED,
+            "Seconds the daemon paused to keep its Postgres digest work within its budget",
+            registry=self.registry,
+        )
+        for side in ("delta", "postgres"):
+            self.digest_rows.labels(side=side)
+            self.digest_seconds.labels(side=side)
         self.registry.register(MonthStateCollector(view, version))
 
     def declare_tables(self, tables: Iterable[str]) -> None:

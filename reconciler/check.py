@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from reconciler.sides import DeltaSide, MonthSide, PostgresSide, RecordedSide
+from reconciler.sides import DeltaSide, MonthSide, PostgresSide, QueryLimits, RecordedSide
 from reconciler.verdict import (
     Digest,
     Evidence,
@@ -63,6 +63,8 @@ class TableCheck:
     last_sync_timestamp: float | None = None
     consecutive_failures: int = 0
     duration_seconds: float = 0.0
+    # The digest work this check did on each side (rows hashed, seconds spent).
+    work: dict[str, list[float]] = field(default_factory=dict)
     delta_digest_source: str | None = None  # "recorded" by the writer, or "computed" from Delta
     delta_change: str | None = None  # unchanged | changed | unknown: Delta since the sync
     changed_version: int | None = None  # the first Delta version that changed the month
@@ -73,7 +75,7 @@ class TableCheck:
 
     def as_dict(self) -> dict[str, Any]:
         document = {
-            k: v for k, v in self.__dict__.items() if k not in ("reanchor", "reanchor_from")
+            k: v for k, v in self.__dict__.items() if k not in ("reanchor", "reanchor_from", "work")
         }
         document["reanchored_to"] = self.reanchor.delta_version if self.reanchor else None
         return document
@@ -141,7 +143,16 @@ class _Contents:
         self.as_synced, self.delta_now = as_synced, delta_now
         self.postgres_rows = postgres.count()
         self.digests: dict[str, MonthDigest] = {}
+        self.work: dict[str, list[float]] = {}  # side -> [rows, seconds] of digests computed
         self._delta_now_rows = delta_now_rows
+
+    def _timed(self, side: MonthSide) -> MonthDigest:
+        started = time.monotonic()
+        digest = side.digest()
+        spent = self.work.setdefault("delta" if side.name == "delta" else "postgres", [0, 0.0])
+        spent[0] += digest.rows
+        spent[1] += time.monotonic() - started
+        return digest
 
     def counts(self) -> dict[str, Digest | None]:
         return {
@@ -159,11 +170,11 @@ class _Contents:
         elif Evidence.AS_SYNCED in needed and isinstance(self.as_synced, (DeltaSide, _Readable)):
             delta_side = self.as_synced
         with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(delta_side.digest) if delta_side is not None else None
+            future = pool.submit(self._timed, delta_side) if delta_side is not None else None
             if Evidence.POSTGRES in needed:
-                self.digests["postgres"] = self.postgres.digest()
+                self.digests["postgres"] = self._timed(self.postgres)
                 if self.postgres_as_synced is not None:
-                    self.digests["postgres_as_synced"] = self.postgres_as_synced.digest()
+                    self.digests["postgres_as_synced"] = self._timed(self.postgres_as_synced)
             if Evidence.AS_SYNCED in needed and self.as_synced is not None:
                 if self.as_synced is delta_side and future is not None:
                     self.digests["as_synced"] = future.result()
@@ -181,6 +192,8 @@ class Checker:
         self.db = db
         self.settings = settings
         self._hash_verified = False
+        digest = settings.digest
+        self.limits = QueryLimits(digest.postgres_parallelism, digest.statement_timeout_seconds)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Checker:
@@ -265,8 +278,9 @@ class Checker:
         change = self._change(latest, state, year_month)
         result.delta_change = change.kind.value if synced is not None else None
         result.changed_version = change.since_version
-        postgres = PostgresSide(conn, schema, year_month)
+        postgres = PostgresSide(conn, schema, year_month, limits=self.limits)
         contents = self._contents(postgres, schema, latest, state, change, year_month, deep)
+        result.work = contents.work
         result.postgres_rows = contents.postgres_rows
         same_table = state is not None and state.delta_table_id in (None, latest.table_id)
         facts = MonthFacts(
@@ -320,7 +334,9 @@ class Checker:
                 # Compare Postgres under the columns of the sync with what was recorded then.
                 old = schema.restricted_to(state.content_schema)
                 if old is not None:
-                    postgres_as_synced = PostgresSide(postgres.conn, old, year_month)
+                    postgres_as_synced = PostgresSide(
+                        postgres.conn, old, year_month, limits=self.limits
+                    )
                 else:
                     recorded = None
             if deep and change.kind is ChangeKind.CHANGED and comparable:

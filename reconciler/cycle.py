@@ -36,6 +36,7 @@ from reconciler.monthstate import (
     SyncAnchor,
 )
 from reconciler.outsidewrites import OutsideWriteDetector
+from reconciler.pacing import Pacer
 from reconciler.planner import CycleSnapshot, MonthMetadata, Periods, PlannedCheck, plan
 from reconciler.repair import TRIGGERS, Repairer, failing_repairs, repair_counts
 from reconciler.verdict import EXPORTED, Status
@@ -86,6 +87,8 @@ class Reconciler:
             settings.require_dsn(), "reconciler-daemon", settings.postgres.connect_timeout_seconds
         )
         self.checker = Checker(self.db, settings)
+        digest = settings.digest
+        self.pacer = Pacer(digest.postgres_max_share, digest.postgres_rows_per_second)
         # The audit names the instance: with two daemons, which one repaired matters.
         self.repairer = Repairer(
             self.checker,
@@ -204,7 +207,7 @@ class Reconciler:
             if stop.is_set():
                 break
             reader = readers.get(check.table)
-            self._check(conn, check, reader, syncs.get(check.key), summary)
+            self._check(conn, check, reader, syncs.get(check.key), summary, stop)
 
     def _follow(self, conn: psycopg.Connection[Any], now: float) -> None:
         """A follower compares nothing: it exports what the leader found (so two replicas
@@ -317,6 +320,7 @@ class Reconciler:
         reader: DeltaTableReader | None,
         sync: SyncState | None,
         summary: CycleSummary,
+        stop: threading.Event,
     ) -> None:
         spec = self.settings.table(check.table)
         self.metrics.checks.labels(table=spec.name).inc()
@@ -324,6 +328,14 @@ class Reconciler:
             result = self.checker.check(
                 spec, check.year_month, conn=conn, latest=reader, deep=check.deep
             )
+        for side, (rows, seconds) in result.work.items():
+            self.metrics.digest_rows.labels(side=side).inc(rows)
+            self.metrics.digest_seconds.labels(side=side).inc(seconds)
+        if "postgres" in result.work:
+            pause = self.pacer.pause_after(*result.work["postgres"])
+            if pause > 0:
+                self.metrics.digest_paused.inc(pause)
+                stop.wait(pause)
         summary.checked += 1
         if result.status is Status.ERROR:
             self.metrics.check_failures.labels(table=spec.name).inc()

@@ -80,8 +80,30 @@ _POSITION = np.dtype([("hash", "<u8"), ("block", "<u4"), ("offset", "<u2")])
 _POSITIONS_PER_READ = 1 << 20
 
 
+@dataclass(frozen=True)
+class QueryLimits:
+    """How hard a digest query may work the serving database."""
+
+    parallelism: int = 2  # the backend plus up to parallelism - 1 parallel workers
+    statement_timeout_seconds: float = 0.0  # 0: no limit
+
+    def apply(self, conn: psycopg.Connection[Any]) -> None:
+        """For the rest of the caller's transaction."""
+        workers = max(0, self.parallelism - 1)
+        conn.execute(
+            sql.SQL("SET LOCAL max_parallel_workers_per_gather = {}").format(sql.Literal(workers))
+        )
+        timeout = int(self.statement_timeout_seconds * 1000)
+        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout)))
+
+
 class PostgresSide(MonthSide):
-    """Postgres, inside the caller's (REPEATABLE READ) transaction on `conn`."""
+    """Postgres, inside the caller's (REPEATABLE READ) transaction on `conn`.
+
+    The digest is one aggregate query; Postgres's parallel query splits its scan over
+    `limits.parallelism` processes (partial sums combined by the leader), which measured
+    faster than several bucket-range queries on connections sharing a snapshot: each of those
+    would read the whole month to pick its rows (docs/operations.md, "Big months")."""
 
     name = "postgres"
 
@@ -91,10 +113,12 @@ class PostgresSide(MonthSide):
         schema: TableSchema,
         year_month: YearMonth,
         db: Database | None = None,
+        limits: QueryLimits | None = None,
     ) -> None:
         self.schema, self.year_month = schema, year_month
         self.conn = conn
         self.db = db  # for a second connection in the same snapshot (bucketed digests)
+        self.limits = limits or QueryLimits()
         self._row = POSTGRES.row(schema.value_columns)
         self._positions: Path | None = None
 
@@ -109,13 +133,21 @@ class PostgresSide(MonthSide):
         row = self.conn.execute(query, (str(self.year_month),)).fetchone()
         return int(row[0]) if row else 0
 
-    def digest(self) -> MonthDigest:
-        query = sql.SQL("SELECT count(*), sum({hash}) FROM {table} WHERE year_month = %s").format(
-            hash=sql.SQL(postgres_hash(self._row)), table=self.schema.qualified_table
+    def digest_query(self) -> sql.Composed:
+        """The month digest as one aggregate (its plan is what parallelism acts on)."""
+        return sql.SQL(
+            "SELECT count(*), sum({hash}) FROM {table} WHERE year_month = {month}"
+        ).format(
+            hash=sql.SQL(postgres_hash(self._row)),
+            table=self.schema.qualified_table,
+            month=sql.Literal(str(self.year_month)),
         )
+
+    def digest(self) -> MonthDigest:
         # JIT compiling this expression costs more than it saves on a month's rows.
         self.conn.execute("SET LOCAL jit = off")
-        row = self.conn.execute(query, (str(self.year_month),)).fetchone()
+        self.limits.apply(self.conn)
+        row = self.conn.execute(self.digest_query()).fetchone()
         count, total = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
         return MonthDigest.from_pairs(1, [(0, count, total)])
 

@@ -190,11 +190,25 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def share(value: float, name: str) -> None:
+    if not 0 < value <= 1:
+        raise ConfigError(f"{name} must be more than 0 and at most 1, got {value}")
+
+
 @dataclass(frozen=True)
 class DigestSettings:
     buckets: int = checked(256, power_of_two)
     # Threads hashing the Delta side of a digest; 0: every core the host gives this process.
     delta_parallelism: int = checked(0, not_negative)
+    # Postgres processes per month digest (Postgres's parallel query: the backend and up to
+    # this many minus one parallel workers); 1: none. Bounded so the serving copy keeps cores.
+    postgres_parallelism: int = checked(2, positive)
+    # Longest a digest query may run (statement_timeout); 0: no limit.
+    statement_timeout_seconds: float = checked(1800.0, not_negative)
+    # The daemon's pacing of its Postgres digests: at most this share of wall time spent in
+    # them (1: no pause), and at most this many rows a second (0: no limit).
+    postgres_max_share: float = checked(1.0, share)
+    postgres_rows_per_second: int = checked(0, not_negative)
 
     @property
     def delta_workers(self) -> int:
