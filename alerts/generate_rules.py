@@ -33,6 +33,7 @@ HEADER = (
 class Config:
     selector: str
     replica_labels: tuple[str, ...]
+    deployment_labels: tuple[str, ...]
     runbook_base_url: str
     durations: dict[str, str]
     lag_threshold_seconds: int
@@ -47,6 +48,7 @@ class Config:
         return cls(
             str(raw["selector"]),
             tuple(raw["replica_labels"]),
+            tuple(raw["deployment_labels"]),
             url,
             {str(k): str(v) for k, v in raw["for"].items()},
             int(raw["lag_threshold_seconds"]),
@@ -107,15 +109,18 @@ def alerts(c: Config) -> list[dict[str, Any]]:
             f" > {c.down_after_seconds}",
             "severity": "critical",
             "summary": f"No reconciler has completed a cycle for {minutes} minutes",
-            "description": "The dead-man's switch: no reconciler instance exports a recent "
-            "complete cycle, so drift and lag are not being watched.",
+            "description": "The dead-man's switch: the leader has not completed a cycle "
+            "recently (every replica exports the leader's last complete cycle), or no replica "
+            "is scraped, so drift and lag are not being watched.",
         },
         {
             "alert": "ReconcilerSourceDown",
-            "expr": f"{c.across_replicas('min', 'reconciler_source_up')} == 0",
+            # Every replica: one replica's network trouble is not an outage of the source (the
+            # dead-man alert catches a leader that cannot work).
+            "expr": f"{c.across_replicas('max', 'reconciler_source_up')} == 0",
             "severity": "critical",
             "summary": "The reconciler cannot reach {{ $labels.source }}",
-            "description": "{{ $labels.source }} does not answer the reconciler; comparisons "
+            "description": "No reconciler replica reaches {{ $labels.source }}; comparisons "
             "of every month are stalled. Alerts it causes are inhibited "
             "(alerts/alertmanager-inhibit.yml).",
         },
@@ -141,8 +146,8 @@ def alerts(c: Config) -> list[dict[str, Any]]:
             "expr": f"{c.across_replicas('max', 'reconciler_leader')} == 0",
             "severity": "warning",
             "summary": "No reconciler instance holds the leader lock",
-            "description": "Reconcilers are running but none is leader, so no month is compared "
-            "or auto-repaired.",
+            "description": "Reconcilers are running but none holds the leader lock, so no month "
+            "is compared or auto-repaired.",
         },
     ]
 
@@ -179,7 +184,7 @@ CAUSED_BY_A_SOURCE = (
 
 
 def inhibit_rules(c: Config) -> list[dict[str, Any]]:
-    deployment = [label for label in ("namespace", "job") if label not in c.replica_labels]
+    deployment = [label for label in c.deployment_labels if label not in c.replica_labels]
     return [
         {
             "source_matchers": ['alertname="ReconcilerSourceDown"'],

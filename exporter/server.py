@@ -40,6 +40,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     web: WebConfig
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that goes away mid-answer (or any other failure of one request) is a log
+        line, not a traceback on stderr."""
+        logger.debug("request from %s failed", client_address[0], exc_info=True)
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's own thread: the TLS handshake belongs here, not in the
         accept loop (`ThreadingMixIn.process_request_thread` calls this)."""
@@ -83,7 +88,14 @@ class MetricsServer:
             timeout = IDLE_TIMEOUT
             protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus scrapes
 
+            def do_HEAD(self) -> None:  # load balancers probe with HEAD
+                self._serve(head=True)
+
             def do_GET(self) -> None:
+                self._serve(head=False)
+
+            def _serve(self, *, head: bool) -> None:
+                self._head = head
                 web = server_ref[0].web
                 path = self.path.split("?", 1)[0]
                 if path not in UNAUTHENTICATED and not web.authorized(*self._credentials()):
@@ -129,7 +141,8 @@ class MetricsServer:
                 for name, value in {**server_ref[0].web.headers, **(headers or {})}.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if not self._head:
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args: object) -> None:
                 logger.debug("http: " + format, *args)

@@ -53,8 +53,8 @@ _TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min
 _TLS_KEYS |= {"max_version"}
 _UNSUPPORTED = {"cipher_suites", "curve_preferences", "prefer_server_cipher_order"}
 _UNSUPPORTED |= {"client_allowed_sans", "cert", "key"}
-# Unknown users are checked against this hash too, so that timing does not tell which exist.
-_DECOY = bcrypt.hashpw(b"decoy", bcrypt.gensalt(rounds=10))
+# bcrypt reads at most 72 bytes of a password (bcrypt 5 refuses longer ones).
+_BCRYPT_MAX = 72
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ class WebConfig:
     tls: ssl.SSLContext | None = None
     users: Mapping[str, bytes] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Unknown users are checked against this hash, of the configured cost, so that timing does
+    # not tell which users exist.
+    decoy: bytes = b""
     _verified: dict[bytes, bool] = field(default_factory=dict, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
@@ -85,7 +88,13 @@ class WebConfig:
         with self._lock:
             if self._verified.get(key.digest()):
                 return True
-        ok = bcrypt.checkpw(password.encode(), hashed or _DECOY) and hashed is not None
+        candidate = password.encode()
+        if len(candidate) > _BCRYPT_MAX:
+            return False  # no bcrypt hash matches it; refused without bcrypt's ValueError
+        try:
+            ok = bcrypt.checkpw(candidate, hashed or self.decoy) and hashed is not None
+        except ValueError:  # a hash bcrypt cannot read: no match, never a failed request
+            return False
         if ok:
             with self._lock:
                 if len(self._verified) > 64:
@@ -121,7 +130,11 @@ def load_web_config(path: str | None) -> WebConfig:
                 "(make one with `htpasswd -nBC 10 USER` or python -c 'import bcrypt; ...')"
             )
         hashes[str(user)] = hashed.encode()
-    return WebConfig(path, tls, hashes, {str(k): str(v) for k, v in headers.items()})
+    decoy = b""
+    if hashes:  # unknown users cost what known ones cost
+        cost = int(next(iter(hashes.values())).split(b"$")[2])
+        decoy = bcrypt.hashpw(b"decoy", bcrypt.gensalt(rounds=cost))
+    return WebConfig(path, tls, hashes, {str(k): str(v) for k, v in headers.items()}, decoy)
 
 
 def _only(section: Mapping[str, Any], allowed: set[str], path: str, prefix: str) -> None:

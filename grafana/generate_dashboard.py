@@ -25,7 +25,7 @@ SCHEMA_VERSION = 42  # what Grafana 12 writes
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
 # The selectors every query uses; $instance and $table are multi-value with "All" = ".*".
-SEL = 'job=~"$job", instance=~"$instance"'
+SEL = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
 MONTH_SEL = f'{SEL}, table=~"$table"'
 
 # reconciler_month_status_code: worse is higher (reconciler/verdict.py `_SEVERITY`).
@@ -128,13 +128,13 @@ def panels() -> list[dict[str, Any]]:
             "Sources",
             "stat",
             (5, 6, 6, 0),
-            "Whether Delta and Postgres answered the daemons' last cycle (the worst instance), "
-            "as last reported in the past hour; 'no daemon reporting' (red) when none did.",
+            "Whether Delta and Postgres answered the daemons' last cycle (the best instance: "
+            "down means no replica reaches it); 'no daemon reporting' (red) as soon as no "
+            "daemon is scraped.",
             [
                 {
-                    "expr": "min by (source) (last_over_time(reconciler_source_up"
-                    f'{{{SEL}}}[1h])) or on() label_replace(vector(0), "source",'
-                    ' "no daemon reporting", "", "")',
+                    "expr": f"max by (source) (reconciler_source_up{{{SEL}}})"
+                    ' or on() label_replace(vector(0), "source", "no daemon reporting", "", "")',
                     "instant": True,
                     "legendFormat": "{{source}}",
                 }
@@ -170,12 +170,20 @@ def panels() -> list[dict[str, Any]]:
             "Months not in sync",
             "stat",
             (5, 6, 18, 0),
-            "Months (of the selected tables) whose status is anything but in_sync.",
+            "Months (of the selected tables) whose status is anything but in_sync; "
+            "'no daemon reporting' (red) when no daemon is scraped.",
             [
                 {
-                    "expr": f"count({month_status()} > 0) or on() vector(0)",
+                    "expr": f"count({month_status()} > 0)"
+                    f" or on() (0 * count({month_status()})) or on() vector(-1)",
                     "instant": True,
                     "legendFormat": "months",
+                }
+            ],
+            mappings=[
+                {
+                    "type": "value",
+                    "options": {"-1": {"text": "no daemon reporting", "color": "red", "index": 0}},
                 }
             ],
             steps=thresholds((None, "green"), (1, "red")),
@@ -392,7 +400,18 @@ def dashboard() -> dict[str, Any]:
                     "current": {},
                     "hide": 0,
                 },
-                variable("job", "Job", "label_values(reconciler_build_info, job)", multi=False),
+                variable(
+                    "namespace",
+                    "Namespace",
+                    "label_values(reconciler_build_info, namespace)",
+                    multi=True,
+                ),
+                variable(
+                    "job",
+                    "Job",
+                    'label_values(reconciler_build_info{namespace=~"$namespace"}, job)',
+                    multi=False,
+                ),
                 variable(
                     "instance",
                     "Instance",

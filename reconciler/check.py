@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from reconciler.sides import DeltaSide, MonthSide, PostgresSide, QueryLimits, RecordedSide
 from reconciler.verdict import (
@@ -98,11 +99,22 @@ class MonthCheck:
         }
 
 
-def open_snapshot_transaction(conn: psycopg.Connection[Any]) -> None:
-    """Count, digest and sync state must all come from one consistent snapshot."""
+def open_snapshot_transaction(
+    conn: psycopg.Connection[Any], spec: TableSpec, limits: QueryLimits | None = None
+) -> None:
+    """Count, digest and sync state must all come from one consistent snapshot.
+
+    The table is locked (ACCESS SHARE) before the snapshot is taken: a partition swapped in
+    after the snapshot would otherwise show its month empty to this transaction (its rows are
+    newer than the snapshot, the old partition is gone). A writer's swap waits for the check
+    instead, at most its lock_timeout per attempt. `limits` bound every query of it."""
     conn.rollback()
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
+    table = sql.Identifier(spec.postgres_schema, spec.postgres_table)
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(table))
+    if limits is not None:
+        limits.apply(conn)
 
 
 class _Readable(MonthSide):
@@ -257,7 +269,7 @@ class Checker:
         result: TableCheck,
         deep: bool,
     ) -> None:
-        open_snapshot_transaction(conn)
+        open_snapshot_transaction(conn, spec, self.limits)
         state = read_sync_state(conn, spec.name, str(year_month))
         synced = state.delta_version if state else None
         landed_since = synced is not None and synced > latest.version

@@ -2,19 +2,25 @@
 month, without losing or duplicating a row, while readers and the writer keep working.
 
 1. Copy, month by month, each month into a standalone table that will become its partition
-   (`<table>_<YYYYMM>`, with the partition bound as a CHECK constraint), in one transaction per
-   month under that month's writer lock: the copy is consistent with any write of the month;
-   writers of the other months and every reader carry on.
-2. One short final transaction: take the writer locks of every month and a SHARE lock on the
-   table (writes wait, reads do not), compare each month's count and a checksum of its rows
-   with its copy and copy again the few months written since, build the partitioned table from
-   the copies (the CHECK constraints spare ATTACH any scan), give it the old table's grants,
-   and swap the names. Readers wait only from the rename to the commit (an ACCESS EXCLUSIVE
-   lock on the old table): milliseconds once the running reads have finished; the lock waits
-   at most `lock_timeout` for them and the step is retried.
+   (`<table>_<YYYYMM>`, with the partition bound as a CHECK constraint and the table's indexes,
+   built after the load), in one transaction per month under that month's writer lock: the
+   copy is consistent with any write of the month; writers of the other months and every
+   reader carry on.
+2. One final transaction: take the writer locks of every month and a SHARE lock on the table
+   (writes wait, reads do not), compare each month's count and a checksum of its rows with its
+   copy, copy again the months written since (and any month new since), drop copies of months
+   gone since, build the partitioned table from the copies (the CHECK constraints spare ATTACH
+   any scan, the indexes are there already), give it the old table's grants, and swap the
+   names. Writers wait for this whole step: about two scans of the table (the checksums).
+   Readers wait only from the rename to the commit (an ACCESS EXCLUSIVE lock on the old table):
+   milliseconds once the running reads have finished. The rename waits at most `lock_timeout`
+   for them; it is retried from a savepoint, without scanning again.
 
-A view or anything else depending on the old table makes its DROP fail: the whole final
-transaction rolls back, the table stays plain and untouched, and the error names the cause.
+Refused, with nothing changed: a table with triggers or row-level security policies (they
+would not carry over), a unique index without `year_month` (a partitioned table cannot have
+one). Storage parameters (reloptions) do not carry over to a partitioned table; they are named
+in the log. A view or anything else depending on the old table makes its DROP fail: the final
+transaction rolls back, the table stays plain and whole, and the error names the dependency.
 Going back from partitioned to plain is not supported.
 """
 
@@ -28,20 +34,74 @@ import psycopg
 from psycopg import sql
 
 from replicator.config import TableSpec
-from replicator.errors import PostgresError
+from replicator.errors import InputError, PostgresError
 from replicator.layout import Layout, table_layout
 from replicator.postgres import Database
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
 
-FINAL_ATTEMPTS = 5
+RENAME_ATTEMPTS = 5
 LOCK_TIMEOUT = "10s"
 
 
 def partition_name(spec: TableSpec, month: str) -> str:
     """The name `ranking.swap_month` gives a month's partition."""
     return f"{spec.postgres_table[:50]}_{month.replace('-', '')}"
+
+
+def convert_to_partitioned(db: Database, spec: TableSpec) -> bool:
+    """Converts the table; False when it is partitioned already."""
+    table = sql.Identifier(spec.postgres_schema, spec.postgres_table)
+    with db.connect() as conn, db.errors(f"converting {spec.qualified_name}"):
+        if table_layout(conn, spec) is Layout.PARTITIONED:
+            return False
+        _refuse_what_would_not_carry_over(conn, spec)
+        months = _months(conn, table)
+        conn.rollback()
+        started = time.monotonic()
+        for month in months:
+            _month_lock(conn, spec, month)
+            _copy_month(conn, spec, table, month)
+            conn.commit()
+            logger.info("%s: copied %s", spec.qualified_name, month)
+        blocked = _swap_in(conn, spec, table)
+    logger.info(
+        "%s: partitioned, %d months in %.1fs; readers waited %.3fs",
+        spec.qualified_name,
+        len(months),
+        time.monotonic() - started,
+        blocked,
+    )
+    return True
+
+
+def _refuse_what_would_not_carry_over(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid"
+        "        AND NOT t.tgisinternal),"
+        " (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid),"
+        " (SELECT count(*) FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique"
+        "        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid"
+        "        AND a.attname = 'year_month' AND a.attnum = ANY(i.indkey))),"
+        " c.reloptions"
+        " FROM pg_catalog.pg_class c WHERE c.oid = %s::regclass",
+        (spec.qualified_name,),
+    ).fetchone()
+    assert row is not None
+    triggers, policies, unique, reloptions = row
+    if triggers or policies or unique:
+        raise InputError(
+            f"cannot convert {spec.qualified_name}: it has {triggers} trigger(s), {policies} "
+            f"row-level security polic(ies) and {unique} unique index(es) without year_month, "
+            "which a partitioned table would not carry over; remove them first"
+        )
+    if reloptions:
+        logger.warning(
+            "%s: storage parameters %s do not carry over to the partitioned table",
+            spec.qualified_name,
+            ", ".join(reloptions),
+        )
 
 
 def _month_lock(conn: psycopg.Connection[Any], spec: TableSpec, month: str) -> None:
@@ -56,12 +116,38 @@ def _months(conn: psycopg.Connection[Any], table: sql.Identifier) -> list[str]:
     return [row[0] for row in conn.execute(query)]
 
 
+def _copies(conn: psycopg.Connection[Any], spec: TableSpec) -> dict[str, str]:
+    """The copies a conversion made (or an interrupted one left), by month."""
+    rows = conn.execute(
+        "SELECT k.consrc_month, c.relname FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " CROSS JOIN LATERAL (SELECT substring(pg_catalog.pg_get_constraintdef(k.oid)"
+        "   FROM '''([0-9-]+)''') AS consrc_month FROM pg_catalog.pg_constraint k"
+        "   WHERE k.conrelid = c.oid AND k.conname = 'month_bound') k"
+        " WHERE n.nspname = %s AND c.relname ~ %s AND NOT c.relispartition"
+        " AND c.relkind = 'r'",
+        (spec.postgres_schema, f"^{spec.postgres_table[:50]}_[0-9]{{6}}$"),
+    ).fetchall()
+    return {str(month): str(name) for month, name in rows if month}
+
+
+def _index_definitions(conn: psycopg.Connection[Any], table: str) -> list[tuple[bool, str]]:
+    """(unique, ' USING method (columns) ...') of every index of `table`."""
+    rows = conn.execute(
+        "SELECT i.indisunique, substring(pg_catalog.pg_get_indexdef(i.indexrelid)"
+        " FROM ' USING .*$') FROM pg_catalog.pg_index i WHERE i.indrelid = %s::regclass",
+        (table,),
+    ).fetchall()
+    return [(bool(unique), str(tail)) for unique, tail in rows]
+
+
 def _copy_month(
     conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifier, month: str
 ) -> None:
     """(Re)creates the month's future partition with a copy of its rows; no commit."""
-    part = sql.Identifier(spec.postgres_schema, partition_name(spec, month))
-    _drop_leftover(conn, spec.postgres_schema, partition_name(spec, month))
+    name = partition_name(spec, month)
+    part = sql.Identifier(spec.postgres_schema, name)
+    _drop_leftover(conn, spec.postgres_schema, name)
     conn.execute(
         sql.SQL(
             "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
@@ -77,6 +163,13 @@ def _copy_month(
         sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE year_month = %s").format(part, table),
         (month,),
     )
+    # The table's indexes, built after the load (ATTACH then finds them and builds nothing).
+    for unique, tail in _index_definitions(conn, spec.qualified_name):
+        conn.execute(
+            sql.SQL("CREATE {}INDEX ON {}{}").format(
+                sql.SQL("UNIQUE " if unique else ""), part, sql.SQL(tail)
+            )
+        )
     conn.execute(sql.SQL("ANALYZE {}").format(part))
 
 
@@ -113,61 +206,25 @@ def _checksums(
     return {row[0]: (int(row[1]), int(row[2])) for row in rows}
 
 
-def convert_to_partitioned(db: Database, spec: TableSpec) -> bool:
-    """Converts the table; False when it is partitioned already."""
-    table = sql.Identifier(spec.postgres_schema, spec.postgres_table)
-    with db.connect() as conn, db.errors(f"converting {spec.qualified_name}"):
-        if table_layout(conn, spec) is Layout.PARTITIONED:
-            return False
-        months = _months(conn, table)
-        conn.rollback()
-        started = time.monotonic()
-        for month in months:
-            _month_lock(conn, spec, month)
-            _copy_month(conn, spec, table, month)
-            conn.commit()
-            logger.info("%s: copied %s", spec.qualified_name, month)
-        for attempt in range(1, FINAL_ATTEMPTS + 1):
-            try:
-                blocked = _swap_in(conn, spec, table)
-                break
-            except psycopg.errors.LockNotAvailable:
-                conn.rollback()
-                logger.warning(
-                    "%s: readers held the table past lock_timeout (attempt %d of %d)",
-                    spec.qualified_name,
-                    attempt,
-                    FINAL_ATTEMPTS,
-                )
-        else:
-            raise PostgresError(
-                f"converting {spec.qualified_name}: the table stayed in use past "
-                f"lock_timeout {FINAL_ATTEMPTS} times; try again when readers are quieter"
-            )
-    logger.info(
-        "%s: partitioned, %d months in %.1fs; readers waited %.3fs at most",
-        spec.qualified_name,
-        len(months),
-        time.monotonic() - started,
-        blocked,
-    )
-    return True
-
-
 def _swap_in(conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifier) -> float:
     """The final transaction (see the module docstring); returns how long readers waited."""
     schema = spec.postgres_schema
     parent_name = f"{spec.postgres_table[:48]}__partitioned"
     parent = sql.Identifier(schema, parent_name)
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
     for month in _months(conn, table):
         _month_lock(conn, spec, month)
     conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(table))
     months = _months(conn, table)  # under the lock: nothing changes any more
     expected = _checksums(conn, table)
+    copies = _copies(conn, spec)
+    for month, name in copies.items():
+        if month not in expected:  # emptied since its copy
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, name)))
     for month in months:
-        copied = _checksums(conn, sql.Identifier(schema, partition_name(spec, month)), month)
-        if copied.get(month) != expected[month]:
+        copied = None
+        if month in copies:
+            copied = _checksums(conn, sql.Identifier(schema, copies[month]), month).get(month)
+        if copied != expected[month]:
             logger.info("%s: %s changed during the copy; copying it again", spec.name, month)
             _copy_month(conn, spec, table, month)
     leftover = conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{schema}.{parent_name}",))
@@ -176,7 +233,8 @@ def _swap_in(conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifi
     conn.execute(
         sql.SQL(
             "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE"
-            " INCLUDING COMPRESSION) PARTITION BY LIST (year_month)"
+            " INCLUDING COMPRESSION INCLUDING INDEXES INCLUDING COMMENTS) PARTITION BY LIST"
+            " (year_month)"
         ).format(parent, table)
     )
     for month in months:
@@ -198,12 +256,43 @@ def _swap_in(conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifi
         conn.execute(
             sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), parent, sql.SQL(grantee))
         )
-    old = f"{spec.postgres_table[:48]}__plain_old"
-    waited = time.monotonic()
-    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table, sql.Identifier(old)))
-    conn.execute(
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(parent, sql.Identifier(spec.postgres_table))
+    return _rename(conn, spec, table, parent)
+
+
+def _rename(
+    conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifier, parent: sql.Identifier
+) -> float:
+    """The names swapped and the old table dropped, from a savepoint: a rename that waits past
+    lock_timeout for running readers is retried without redoing the scans; commits."""
+    old_name = f"{spec.postgres_table[:48]}__plain_old"
+    old = sql.Identifier(old_name)
+    for attempt in range(1, RENAME_ATTEMPTS + 1):
+        waited = time.monotonic()
+        try:
+            with conn.transaction():  # a savepoint inside the final transaction
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
+                )
+                conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table, old))
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                        parent, sql.Identifier(spec.postgres_table)
+                    )
+                )
+                dropped = sql.Identifier(spec.postgres_schema, old_name)
+                conn.execute(sql.SQL("DROP TABLE {}").format(dropped))
+        except psycopg.errors.LockNotAvailable:
+            logger.warning(
+                "%s: readers held the table past lock_timeout %s (attempt %d of %d)",
+                spec.qualified_name,
+                LOCK_TIMEOUT,
+                attempt,
+                RENAME_ATTEMPTS,
+            )
+            continue
+        conn.commit()
+        return time.monotonic() - waited
+    raise PostgresError(
+        f"converting {spec.qualified_name}: the table stayed in use past lock_timeout "
+        f"{RENAME_ATTEMPTS} times; nothing changed; try again when readers are quieter"
     )
-    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, old)))
-    conn.commit()
-    return time.monotonic() - waited

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import logging
 import os
 import socket
@@ -66,7 +67,7 @@ class Reconciler:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.months = MonthStates()
-        self.sources_up = {"delta": False, "postgres": False}
+        self.sources_up: dict[str, bool] = {}  # nothing exported until measured
         self.last_cycle_timestamp: float | None = None
         self.circuit_open = False
         self._outside = OutsideWriteDetector()
@@ -169,9 +170,10 @@ class Reconciler:
             summary.repaired = self._auto_repair(time.time(), stop)
         if not leading:
             self.circuit_open = False  # the leader's to say
+        complete = all(up.values()) and self.problem is None and not stop.is_set()
         if up["postgres"] and self.problem is None:
-            self._read_repairs(log)
-        if all(up.values()) and self.problem is None and not stop.is_set():
+            self._after_cycle(log, leading=leading, complete=complete)
+        if complete and leading:
             self.last_cycle_timestamp = time.time()
         logger.info(
             "cycle done: %d comparisons, %d repairs in %.2fs",
@@ -204,8 +206,8 @@ class Reconciler:
         )
         syncs = {meta.key: meta.sync for meta in snapshot.months}
         for check in plan(snapshot, self.months, periods):
-            if stop.is_set():
-                break
+            if stop.is_set() or not self.leader.still_leader():
+                break  # a deposed leader must not write findings beside the new one
             reader = readers.get(check.table)
             self._check(conn, check, reader, syncs.get(check.key), summary, stop)
 
@@ -223,17 +225,35 @@ class Reconciler:
             self.months.ensure(key).adopt(finding, states.get(key), now)
         self._remembered = True  # the periodic clocks came with the findings
 
-    def _read_repairs(self, log: dict[str, str]) -> None:
-        """The audited repairs (every replica exports the same, manual ones included), and
-        each month's failed repairs since its last successful one."""
+    def _after_cycle(self, log: dict[str, str], *, leading: bool, complete: bool) -> None:
+        """The leader records its complete cycle (the heartbeat every replica exports as the
+        dead-man's switch); every replica reads the audited repairs (the same on each, manual
+        ones included) and each month's failed repairs since its last successful one."""
+        heartbeat: dt.datetime | None = None
         try:
             with self.db.connect() as conn:
+                if leading and complete:
+                    conn.execute(
+                        "INSERT INTO ranking.leader_heartbeat (instance, cycle_completed_at)"
+                        " VALUES (%s, now()) ON CONFLICT (singleton) DO UPDATE"
+                        " SET instance = EXCLUDED.instance,"
+                        " cycle_completed_at = EXCLUDED.cycle_completed_at",
+                        (self.repairer.actor,),
+                    )
+                    conn.commit()
+                elif complete:
+                    row = conn.execute(
+                        "SELECT cycle_completed_at FROM ranking.leader_heartbeat"
+                    ).fetchone()
+                    heartbeat = row[0] if row else None
                 counts = repair_counts(conn)
                 failing = failing_repairs(conn)
         except (PostgresError, psycopg.Error) as exc:
             failure = self.db.scrub(str(exc))
-            logger.warning("could not read the repair audit: %s", failure, extra=log)
+            logger.warning("could not keep the cycle's books: %s", failure, extra=log)
             return
+        if heartbeat is not None:
+            self.last_cycle_timestamp = heartbeat.timestamp()
         for spec in self.settings.tables:
             for trigger in TRIGGERS:
                 for outcome in ("repaired", "failed"):

@@ -45,6 +45,7 @@ class Daemon:
         self.settings = load_settings()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._wake = threading.Event()  # ends the wait between cycles (stop, reload)
         self._failures = 0
         self.server: MetricsServer | None = None
         self.web = self._web_config(self.settings)  # checked before anything starts
@@ -99,9 +100,13 @@ class Daemon:
             logger.error("configuration reload failed, keeping the old one: %s", exc)
             return
         old_addr = self.metrics_addr
-        self.leader.release()
+        same_database = settings.require_dsn().same_as(self.settings.require_dsn())
+        lease = settings.daemon.leader_lease_seconds
+        same_lease = lease == self.settings.daemon.leader_lease_seconds
         self.settings, self.web = settings, web
-        self.leader = self._new_leader()
+        if not (same_database and same_lease):  # else the lock stays: no needless failover
+            self.leader.release()
+            self.leader = self._new_leader()
         self._configure()
         if self.server is not None:
             self.server.reload(web)
@@ -134,10 +139,12 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         def stop(signum: int, _: FrameType | None) -> None:
             logger.info("received %s, stopping", signal.Signals(signum).name)
-            self._stop.set()
+            self.stop()
 
         def reload(_: int, __: FrameType | None) -> None:
+            # Applied as soon as the cycle under way ends (at once between cycles).
             self._reload.set()
+            self._wake.set()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -145,6 +152,7 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def serve_metrics(self) -> MetricsServer:
         host, port = parse_host_port(self.metrics_addr)
@@ -155,7 +163,8 @@ class Daemon:
                 port,
                 ready=self.ready,
                 web=self.web,
-                option_hint="set --metrics-addr or daemon.metrics_addr",
+                option_hint="set --metrics-addr, daemon.metrics_addr or "
+                "RECONCILER_DAEMON_METRICS_ADDR",
             )
         except MetricsAddressError as exc:
             raise InputError(str(exc)) from None
@@ -184,7 +193,8 @@ class Daemon:
                 # Back off while a source is down, but never so long that recovery takes
                 # more than a few cycles.
                 wait = self.interval * min(2**self._failures, 4)
-                self._stop.wait(wait)
+                self._wake.wait(wait)
+                self._wake.clear()
         finally:
             self.leader.release()
         return summary

@@ -296,7 +296,7 @@ class Differ:
             self.db.connect() as conn,
             self.db.errors("Postgres failed"),
         ):
-            open_snapshot_transaction(conn)
+            open_snapshot_transaction(conn, spec)
             pg_columns = postgres_columns(conn, spec)
             state = read_sync_state(conn, spec.name, str(year_month))
             snapshot, compared_with = self._snapshot(latest, state, year_month, pg_columns)

@@ -100,9 +100,10 @@ def read_table(conn: psycopg.Connection[Any], spec: TableSpec) -> TableStats:
         " WHERE i.inhparent = %s",
         (row[0],),
     ).fetchall()
-    partitions = {
+    partitions = {  # a DEFAULT partition (no month) is not a month's: left to the checks
         str(month): (int(oid), int(changes), None if node is None else int(node))
         for month, oid, changes, node in parts
+        if month is not None
     }
     return TableStats(0, filenode, partitions)
 
@@ -115,6 +116,8 @@ class OutsideWriteDetector:
         self._server: ServerFacts | None = None
         self._tables: dict[str, TableStats] = {}
         self._sync_seen: dict[tuple[str, str], SyncState] = {}
+        # Partitioned tables: per month, (partition oid, changes it may show, filenode).
+        self._allowance: dict[MonthKey, tuple[int, int, int | None]] = {}
 
     def suspicious(
         self,
@@ -160,24 +163,37 @@ class OutsideWriteDetector:
     def _partition_reasons(
         self, spec: TableSpec, stats: TableStats, states: dict[tuple[str, str], SyncState]
     ) -> dict[MonthKey, str]:
+        """A partition may change only by being swapped in by a sync holding exactly that
+        sync's rows (its statistics may reach us a cycle late): anything more, a partition
+        replaced or gone without a sync, or one rewritten, is a write around the replicator."""
         previous = self._tables.get(spec.name)
-        if previous is None or previous.partitions is None:
-            return {}
         assert stats.partitions is not None
         reasons: dict[MonthKey, str] = {}
         for month, (oid, changes, filenode) in stats.partitions.items():
             key = (spec.name, month)
             state = states.get(key)
-            before = previous.partitions.get(month)
-            if before is not None and before[0] == oid:
-                if filenode != before[2]:
+            synced_rows = (state.row_count or 0) if state is not None else 0
+            known = self._allowance.get(key)
+            if known is not None and known[0] == oid:
+                allowance = known[1]
+                if filenode != known[2]:
                     reasons[key] = "the month's partition was rewritten"
-                elif changes != before[1]:
-                    reasons[key] = "the month's partition was written outside the replicator"
-            elif not self._synced_since(key, state):
+            elif previous is None or previous.partitions is None or self._synced_since(key, state):
+                # First seen, or swapped in by a sync: its own inserts are expected.
+                allowance = max(changes, synced_rows)
+            else:
                 reasons[key] = "the month's partition was replaced outside the replicator"
-            elif state is not None and changes > (state.row_count or 0):
+                allowance = changes
+            if changes > allowance:
                 reasons[key] = "the month's partition was written outside the replicator"
+            self._allowance[key] = (oid, max(allowance, changes), filenode)
+        if previous is not None and previous.partitions is not None:
+            for month in set(previous.partitions) - set(stats.partitions):
+                if not self._synced_since((spec.name, month), states.get((spec.name, month))):
+                    reasons[spec.name, month] = "the month's partition was detached or dropped"
+        for key in [k for k in self._allowance if k[0] == spec.name]:
+            if key[1] not in stats.partitions:
+                del self._allowance[key]
         return reasons
 
     def _server_reason(self, server: ServerFacts) -> str | None:

@@ -111,6 +111,7 @@ class Repairer:
             # Whatever stops the comparison (a source down, a schema mismatch) would stop the
             # write too; report it instead of trying.
             result.outcome, result.message = "failed", f"cannot repair: {before.reason}"
+            self._audit(result, before, before)
             return result
         if dry_run:
             result.outcome = "dry_run"

@@ -93,8 +93,9 @@ class QueryLimits:
         conn.execute(
             sql.SQL("SET LOCAL max_parallel_workers_per_gather = {}").format(sql.Literal(workers))
         )
-        timeout = int(self.statement_timeout_seconds * 1000)
-        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout)))
+        if self.statement_timeout_seconds > 0:  # 0: the role's or database's own setting
+            timeout = max(1, round(self.statement_timeout_seconds * 1000))
+            conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout)))
 
 
 class PostgresSide(MonthSide):

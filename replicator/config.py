@@ -83,10 +83,11 @@ DEFAULT_METRICS_ADDR = "127.0.0.1:10742"
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
+    """HOST:PORT, or :PORT for every interface (as the exporters write it)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"metrics address must be HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"metrics address must be HOST:PORT or :PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 @dataclass(frozen=True)
@@ -389,6 +390,8 @@ def _from_toml(document: dict[str, Any]) -> dict[str, Any]:
 
 
 ENV_PREFIX = "RECONCILER_"
+# What Kubernetes sets for a Service named reconciler-...: never a setting of ours.
+_SERVICE_LINK = re.compile(r".*_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)\w*)?)")
 
 
 def _env_value(hint: Any, raw: str, name: str) -> object:
@@ -418,6 +421,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, object]]:
     for variable in sorted(env):
         raw = env[variable]
         if not variable.startswith(ENV_PREFIX) or not raw.strip():
+            continue
+        if _SERVICE_LINK.fullmatch(variable):
             continue
         rest = variable[len(ENV_PREFIX) :].lower()
         if rest == "tables":

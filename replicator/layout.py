@@ -3,9 +3,11 @@
 * `plain`: one table; a write deletes the month and copies it in again, in one transaction.
   Every rewrite leaves the old month as dead tuples for autovacuum.
 * `partitioned`: the table is partitioned by `year_month` (LIST), one partition per month. A
-  write copies the month into a fresh staging table, and `ranking.swap_month` builds its
-  indexes, analyzes it and swaps it in for the old partition, which is dropped: no dead tuples,
-  and readers wait only for the swap.
+  write copies the month into a fresh staging table (`ranking.stage_month`), builds its indexes
+  and analyzes it (`ranking.finish_stage`) and commits, all invisible to readers; then, in a
+  short transaction of its own under the month's lock, `ranking.swap_month` swaps it in for the
+  old partition, which is dropped, and the sync is recorded: no dead tuples, and readers wait
+  only for the swap (at most `SWAP_LOCK_TIMEOUT` per attempt).
 
 The writer and the reconciler follow what the table is (its `relkind`), so a table converted by
 `reconciler migrate --layout partitioned` is written the new way from its next write on;
@@ -27,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.config import TableSpec
-from replicator.errors import InputError
+from replicator.errors import InputError, NotMigratedError
 
 
 class Layout(enum.StrEnum):
@@ -73,10 +75,28 @@ def analyze_statement(conn: psycopg.Connection[Any], spec: TableSpec) -> sql.Com
         ).fetchone()
         if maintain and maintain[0]:
             return sql.SQL("ANALYZE {}").format(table)
+    usable = conn.execute(
+        "SELECT pg_catalog.to_regprocedure('ranking.analyze_signal_table(text, text)') IS NOT NULL"
+        " AND EXISTS (SELECT 1 FROM ranking.signal_tables WHERE schema_name = %s"
+        " AND table_name = %s)",
+        (spec.postgres_schema, spec.postgres_table),
+    ).fetchone()
+    if not usable or not usable[0]:
+        # Refused before anything is written, not after a long COPY.
+        raise NotMigratedError(
+            f"the writer cannot analyze {spec.qualified_name}: run `reconciler migrate` (as "
+            "the tables' owner) with this table configured"
+        )
     return sql.SQL("SELECT ranking.analyze_signal_table({}, {})").format(
         sql.Literal(spec.postgres_schema), sql.Literal(spec.postgres_table)
     )
 
 
 STAGE_MONTH = sql.SQL("SELECT ranking.stage_month($1, $2, $3)")
+FINISH_STAGE = sql.SQL("SELECT ranking.finish_stage($1, $2, $3, $4)")
 SWAP_MONTH = sql.SQL("SELECT ranking.swap_month($1, $2, $3, $4)")
+# The swap waits this long for the table's running readers (new readers queue behind it
+# meanwhile), then gives up and is retried, with a growing pause, this many times.
+SWAP_LOCK_TIMEOUT = "2s"
+SWAP_ATTEMPTS = 6
+LOCK_NOT_AVAILABLE = "55P03"

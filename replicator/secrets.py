@@ -139,6 +139,10 @@ class Dsn:
             overrides["password"] = password
         return make_conninfo(self._raw, **overrides)
 
+    def same_as(self, other: Dsn) -> bool:
+        """Whether both name the same connection (a reload that keeps it keeps the leader)."""
+        return self._raw == other._raw
+
     def with_password_source(self, source: Callable[[], str] | None) -> Dsn:
         return Dsn(self._raw, source)
 

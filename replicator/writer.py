@@ -36,7 +36,17 @@ from replicator.errors import (
     ReplicationError,
     StaleSnapshotError,
 )
-from replicator.layout import STAGE_MONTH, SWAP_MONTH, Layout, analyze_statement, table_layout
+from replicator.layout import (
+    FINISH_STAGE,
+    LOCK_NOT_AVAILABLE,
+    STAGE_MONTH,
+    SWAP_ATTEMPTS,
+    SWAP_LOCK_TIMEOUT,
+    SWAP_MONTH,
+    Layout,
+    analyze_statement,
+    table_layout,
+)
 from replicator.postgres import Database
 from replicator.schema import (
     PARTITION_COLUMN,
@@ -275,7 +285,101 @@ class MonthWriter:
         analyze: sql.Composed | None,
     ) -> int:
         """`analyze` is how to analyze a plain table; None: the table is partitioned."""
+        if analyze is None:
+            return self._partitioned(conn, cur, db, schema, reader, year_month, force)
         spec = schema.spec
+        self._lock_and_refuse_stale(conn, cur, spec, reader, year_month, force)
+        cur.execute(
+            _adbc_sql(
+                sql.SQL("DELETE FROM {} WHERE year_month = $1").format(schema.qualified_table)
+            ),
+            (str(year_month),),
+        )
+        stream = self._copy(conn, cur, schema, reader, year_month, spec.postgres_table)
+        cur.execute(_adbc_sql(analyze))
+        if analyze.as_string(None).startswith("SELECT"):
+            cur.fetchall()
+        return self._record_and_commit(conn, cur, db, spec, reader, year_month, stream)
+
+    def _partitioned(
+        self,
+        conn: Any,
+        cur: Any,
+        db: Database,
+        schema: TableSchema,
+        reader: DeltaTableReader,
+        year_month: YearMonth,
+        force: bool,
+    ) -> int:
+        """A staging table made and committed first (`stage_month`), then one transaction:
+        load it, build its indexes and statistics (`finish_stage`), and swap it in as the
+        month's partition (`swap_month`) under the month's lock, waiting at most
+        SWAP_LOCK_TIMEOUT for the table's readers, retried from a savepoint so that the load
+        is not redone (replicator/layout.py). Nothing is visible to readers until the commit,
+        and the commit's fate, if its answer is lost, is read from sync state as for a plain
+        write."""
+        spec = schema.spec
+        month = (spec.postgres_schema, spec.postgres_table, str(year_month))
+        cur.execute(_adbc_sql(STAGE_MONTH), month)
+        staging = str(cur.fetchall()[0][0])
+        conn.commit()
+        try:
+            stream = self._copy(conn, cur, schema, reader, year_month, staging)
+            cur.execute(_adbc_sql(FINISH_STAGE), (*month, staging))
+            cur.fetchall()
+            for attempt in range(1, SWAP_ATTEMPTS + 1):
+                cur.execute("SAVEPOINT swap")
+                try:
+                    self._lock_and_refuse_stale(conn, cur, spec, reader, year_month, force)
+                    cur.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
+                    cur.execute(_adbc_sql(SWAP_MONTH), (*month, staging))
+                    cur.fetchall()
+                except adbc_driver_manager.Error as exc:
+                    if getattr(exc, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                        raise
+                    cur.execute("ROLLBACK TO SAVEPOINT swap")
+                    logger.warning(
+                        "%s %s: the table's readers held it past lock_timeout %s (attempt %d of"
+                        " %d); retrying the swap",
+                        spec.name,
+                        year_month,
+                        SWAP_LOCK_TIMEOUT,
+                        attempt,
+                        SWAP_ATTEMPTS,
+                    )
+                    time.sleep(min(30.0, 2.0**attempt))
+                    continue
+                cur.execute("SET LOCAL lock_timeout TO DEFAULT")
+                return self._record_and_commit(conn, cur, db, spec, reader, year_month, stream)
+            raise PostgresError(
+                f"table {spec.name} {year_month}: readers held the table past lock_timeout "
+                f"{SWAP_ATTEMPTS} times; the month was not swapped (the old one stands)"
+            )
+        except BaseException:
+            with contextlib.suppress(adbc_driver_manager.Error):
+                conn.rollback()
+            if not self._commit_landed(db, spec, year_month):
+                self._drop_stage(db, month, staging)
+            raise
+
+    def _drop_stage(self, db: Database, month: tuple[str, str, str], staging: str) -> None:
+        """Best effort: a staging table left behind is dropped by the next stage a day later."""
+        try:
+            with db.connect(autocommit=True) as conn:
+                conn.execute("SELECT ranking.drop_stage(%s, %s, %s, %s)", (*month, staging))
+        except (PostgresError, psycopg.Error) as exc:
+            logger.warning("could not drop the staging table %s: %s", staging, db.scrub(str(exc)))
+
+    def _lock_and_refuse_stale(
+        self,
+        conn: Any,
+        cur: Any,
+        spec: TableSpec,
+        reader: DeltaTableReader,
+        year_month: YearMonth,
+        force: bool,
+    ) -> None:
+        """Takes the month's lock; refuses to replace a month held from a newer version."""
         cur.execute(
             _adbc_sql(month_lock_sql("$1", "$2::integer")),
             (spec.qualified_name, year_month.lock_key),
@@ -293,18 +397,18 @@ class MonthWriter:
                 f"{held_version}, newer than version {reader.version}; not replacing it "
                 "(use --force)"
             )
-        month = (spec.postgres_schema, spec.postgres_table, str(year_month))
-        if analyze is None:  # partitioned: a fresh staging table, swapped in below
-            cur.execute(_adbc_sql(STAGE_MONTH), month)
-            target = str(cur.fetchall()[0][0])
-        else:
-            target = spec.postgres_table
-            cur.execute(
-                _adbc_sql(
-                    sql.SQL("DELETE FROM {} WHERE year_month = $1").format(schema.qualified_table)
-                ),
-                (str(year_month),),
-            )
+
+    def _copy(
+        self,
+        conn: Any,
+        cur: Any,
+        schema: TableSchema,
+        reader: DeltaTableReader,
+        year_month: YearMonth,
+        target: str,
+    ) -> _BatchStream:
+        """Binary COPY of the month into `target` (the table, or a staging table)."""
+        spec = schema.spec
         stream = _BatchStream(
             schema, reader.scan_month(year_month, schema.names, self.settings.postgres.batch_rows)
         )
@@ -322,16 +426,23 @@ class MonthWriter:
         if self.settings.postgres.verify_counts:
             table = sql.Identifier(spec.postgres_schema, target)
             self._verify_counts(cur, table, schema, reader, year_month, stream.rows, conn)
-        if analyze is None:
-            cur.execute(_adbc_sql(SWAP_MONTH), (*month, target))
-        else:
-            cur.execute(_adbc_sql(analyze))
-        cur.fetchall()
+        return stream
+
+    def _record_and_commit(
+        self,
+        conn: Any,
+        cur: Any,
+        db: Database,
+        spec: TableSpec,
+        reader: DeltaTableReader,
+        year_month: YearMonth,
+        stream: _BatchStream,
+    ) -> int:
         anchor = Anchor(
             delta_version=reader.version,
             delta_table_id=reader.table_id,
             delta_files=reader.month_fingerprint(year_month),
-            content_schema=schema.content_schema,
+            content_schema=stream.schema.content_schema,
             content_digest=stream.digest.result().hex,
             row_count=stream.rows,
         )

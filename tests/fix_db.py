@@ -95,7 +95,8 @@ def pg_dsn(pg_database: str) -> str:
         partitions = conn.execute(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)"
             " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = 'ranking' AND c.relispartition"
+            " WHERE n.nspname = 'ranking' AND c.relkind IN ('r', 'p')"
+            " AND (c.relispartition OR c.relname LIKE '%\\_stage\\_%')"
         ).fetchall()
         for (partition,) in partitions:
             conn.execute(f"DROP TABLE {partition}")

@@ -41,12 +41,18 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def resources(rendered: Path) -> dict[str, dict[str, Any]]:
-    return {doc["kind"]: doc for doc in yaml.safe_load_all(rendered.read_text()) if doc}
+    """The rendered base, and the DSN Secret's example (kept out of the base so that applying
+    it never overwrites the real Secret)."""
+    found = {doc["kind"]: doc for doc in yaml.safe_load_all(rendered.read_text()) if doc}
+    assert "Secret" not in found
+    found["Secret"] = yaml.safe_load((DEPLOY / "kubernetes" / "secret.example.yaml").read_text())
+    return found
 
 
 def test_every_manifest_validates_against_the_kubernetes_schemas(rendered: Path) -> None:
     validate = tool("kubernetes-validate")
-    done = run(validate, "--strict", "-k", "1.37", str(rendered))
+    example = DEPLOY / "kubernetes" / "secret.example.yaml"
+    done = run(validate, "--strict", "-k", "1.37", str(rendered), str(example))
     assert done.returncode == 0, done.stdout + done.stderr
     for kind in ("deployment", "service", "secret", "configmap", "serviceaccount"):
         assert re.search(rf"passed for resource {kind}/signal-reconciler", done.stdout), kind
@@ -55,6 +61,35 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(rendered: Path)
     broken = rendered.with_name("broken.yaml")
     broken.write_text(rendered.read_text().replace("readinessProbe:", "readinesProbe:"))
     assert run(validate, "--strict", "-k", "1.37", str(broken)).returncode != 0
+
+
+def test_the_operator_resources_have_the_operators_shape(rendered: Path, tmp_path: Path) -> None:
+    """kubernetes-validate ships no schema for the Prometheus Operator's kinds (it warns and
+    skips them), so their fields are checked here against the operator's v1 API, and the rules
+    with promtool."""
+    found = resources(rendered)
+    monitor, rule = found["ServiceMonitor"], found["PrometheusRule"]
+    for resource in (monitor, rule):
+        assert resource["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(resource) == {"apiVersion", "kind", "metadata", "spec"}
+        assert isinstance(resource["metadata"]["name"], str)
+    assert set(monitor["spec"]) <= {"jobLabel", "selector", "endpoints", "namespaceSelector"}
+    duration = re.compile(
+        r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+    )
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+        assert duration.match(endpoint["interval"]) and duration.match(endpoint["scrapeTimeout"])
+    assert set(rule["spec"]) == {"groups"}
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"}
+        for item in group["rules"]:
+            assert set(item) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+            assert duration.match(item["for"])
+    spec = tmp_path / "rules.yml"
+    spec.write_text(yaml.safe_dump(rule["spec"]))
+    done = run(tool("promtool"), "check", "rules", str(spec))
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_manifests_agree_with_each_other_and_the_daemon(rendered: Path) -> None:
@@ -73,6 +108,8 @@ def test_the_manifests_agree_with_each_other_and_the_daemon(rendered: Path) -> N
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]
     # Non-root, read-only, no privileges.
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"]
+    assert pod["enableServiceLinks"] is False
+    assert found["PodDisruptionBudget"]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     # The DSN comes from the Secret, as a file; the config from the generated ConfigMap.
@@ -111,6 +148,7 @@ def test_the_shipped_configuration_loads(rendered: Path, tmp_path: Path) -> None
     settings = load_settings(environ=env)
     assert settings.daemon.metrics_addr == f"0.0.0.0:{PORT}" and settings.daemon.json_logs
     assert settings.postgres.azure_entra_auth
+    assert settings.auto_repair.enabled is False  # off by default, as everywhere
     assert settings.require_dsn().target.endswith(":5432/ranking")
     assert settings.delta.root and settings.delta.root.startswith("abfss://")
     unit = (DEPLOY / "systemd" / "signal-reconciler.service").read_text()

@@ -5,6 +5,7 @@ the new password and certificate, and a bind error that says what to change."""
 from __future__ import annotations
 
 import base64
+import http.client
 import socket
 import ssl
 import subprocess
@@ -20,6 +21,9 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.server import MetricsAddressError, MetricsServer
 from exporter.webconfig import WebConfigError, load_web_config
+from reconciler.daemon import Daemon, Overrides
+from replicator.config import load_settings
+from replicator.errors import InputError
 from tests.waiting import tool
 
 Serve = Callable[[Path | None], MetricsServer]
@@ -218,3 +222,41 @@ def test_the_bind_error_names_the_address_and_the_option(registry: CollectorRegi
     message = str(refused.value)
     assert f"cannot serve metrics on 127.0.0.1:{port}" in message
     assert "--metrics-addr" in message and "in use" in message.lower()
+
+
+def test_head_probes_long_passwords_and_keep_alive(serve: Serve, tmp_path: Path) -> None:
+    server = serve(web_config(tmp_path / "web.yml", None, {"prom": "s3cret"}))
+    host, port = server.address
+    connection = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        connection.request("HEAD", "/healthz")
+        head = connection.getresponse()
+        assert head.status == 200 and head.read() == b""
+        # The same kept-alive connection: a GET after a HEAD gets its body.
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() == b"ok\n"
+        token = base64.b64encode(b"prom:" + b"x" * 100).decode()  # past bcrypt's 72 bytes
+        connection.request("GET", "/metrics", headers={"Authorization": f"Basic {token}"})
+        refused = connection.getresponse()
+        assert refused.status == 401
+        refused.read()
+    finally:
+        connection.close()
+
+
+def test_the_daemon_names_every_way_to_change_a_taken_address(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = load_settings(
+            dsn="postgresql://nobody@127.0.0.1:1/none",
+            environ={"RECONCILER_DAEMON_METRICS_ADDR": f"127.0.0.1:{port}"},
+        )
+        daemon = Daemon(lambda: settings, Overrides())
+        with pytest.raises(InputError) as refused:
+            daemon.serve_metrics()
+    message = str(refused.value)
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in message
+    for option in ("--metrics-addr", "daemon.metrics_addr", "RECONCILER_DAEMON_METRICS_ADDR"):
+        assert option in message

@@ -108,7 +108,7 @@ def test_dashboard_shape() -> None:
     assert board["id"] is None and board["uid"] == "signal-reconciler"
     assert board["schemaVersion"] == 42  # what current Grafana (12.x) writes
     variables = board["templating"]["list"]
-    assert [v["name"] for v in variables] == ["datasource", "job", "instance", "table"]
+    assert [v["name"] for v in variables] == ["datasource", "namespace", "job", "instance", "table"]
     assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
     for panel in board["panels"]:
         assert panel["type"] in ("stat", "timeseries", "table", "state-timeline")
@@ -137,6 +137,7 @@ def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
                         "record": f"dashboard:expr_{i}",
                         "expr": expr.replace("$__rate_interval", "5m")
                         .replace("$__range", "1h")
+                        .replace("$namespace", ".*")
                         .replace("$job", "signal-reconciler")
                         .replace("$instance", ".*")
                         .replace("$table", ".*"),

@@ -15,3 +15,13 @@ ALTER TABLE ranking.repair_audit
 -- A month's recent repairs (consecutive failures) without reading the whole audit.
 CREATE INDEX IF NOT EXISTS repair_audit_month_idx
     ON ranking.repair_audit (table_name, year_month, at);
+
+-- The leader's last complete cycle, which every replica exports as its dead-man's switch: a
+-- follower completes cycles of its own while comparing nothing, so its own clock would hide a
+-- leader that hangs.
+CREATE TABLE IF NOT EXISTS ranking.leader_heartbeat (
+    singleton          boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    instance           text        NOT NULL,
+    cycle_completed_at timestamptz NOT NULL
+);
+GRANT SELECT, INSERT, UPDATE ON ranking.leader_heartbeat TO ranking_reconciler;

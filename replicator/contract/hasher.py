@@ -5,7 +5,6 @@ hash as SQL for the server.
 
 from __future__ import annotations
 
-import collections
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -97,8 +96,9 @@ Hashed = tuple[pa.RecordBatch, "npt.NDArray[np.uint64]"]
 
 class ParallelHasher:
     """Hashes a stream of batches on `workers` threads (DataFusion and numpy release the GIL),
-    each with its own `DeltaHasher`; results come back in the stream's order, and at most a
-    few batches per worker are in flight, so memory stays bounded by batches, not the month."""
+    each with its own `DeltaHasher`. Each batch is cut into `workers` slices hashed at once,
+    while the next batch is read: two batches in memory whatever the number of workers, so
+    memory stays bounded by batches, not by the month or the cores."""
 
     def __init__(self, schema: TableSchema, workers: int) -> None:
         self.schema = schema
@@ -114,6 +114,9 @@ class ParallelHasher:
     def _hash(self, batch: pa.RecordBatch) -> Hashed:
         return batch, self._hasher().hashes(batch)
 
+    def _hashes(self, batch: pa.RecordBatch) -> npt.NDArray[np.uint64]:
+        return self._hasher().hashes(batch)
+
     def map(self, batches: Iterator[pa.RecordBatch]) -> Iterator[Hashed]:
         """(batch, its row hashes), in the stream's order."""
         if self.workers == 1:
@@ -121,16 +124,18 @@ class ParallelHasher:
                 if batch.num_rows:
                     yield self._hash(batch)
             return
-        in_flight: collections.deque[Future[Hashed]] = collections.deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="hash") as pool:
-            for batch in batches:
+            pending: tuple[pa.RecordBatch, list[Future[npt.NDArray[np.uint64]]]] | None = None
+            for batch in batches:  # read while the previous batch is hashed
                 if not batch.num_rows:
                     continue
-                in_flight.append(pool.submit(self._hash, batch))
-                if len(in_flight) >= 2 * self.workers:
-                    yield in_flight.popleft().result()
-            while in_flight:
-                yield in_flight.popleft().result()
+                if pending is not None:
+                    yield pending[0], np.concatenate([f.result() for f in pending[1]])
+                size = -(-batch.num_rows // self.workers)
+                slices = [batch.slice(start, size) for start in range(0, batch.num_rows, size)]
+                pending = (batch, [pool.submit(self._hashes, part) for part in slices])
+            if pending is not None:
+                yield pending[0], np.concatenate([f.result() for f in pending[1]])
 
     def digest(self, batches: Iterator[pa.RecordBatch], buckets: int = 1) -> MonthDigest:
         accumulator = DigestAccumulator(buckets)

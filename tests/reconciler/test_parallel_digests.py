@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -132,7 +133,18 @@ def test_pacing_and_digest_work_are_exported(
             MonthWriter(daemon.settings).write_month(
                 daemon.settings.table(table), YearMonth.parse(month)
             )
-    daemon.run_cycle()
+
+    class Recorded(threading.Event):
+        """The cycle's stop event, recording the pauses it is asked to wait."""
+
+        waits: list[float] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits.append(timeout or 0.0)
+            return super().wait(timeout)
+
+    stop = Recorded()
+    daemon.reconciler.run_cycle(stop)
     registry = daemon.metrics.registry
 
     def value(name: str, **labels: str) -> float:
@@ -143,3 +155,5 @@ def test_pacing_and_digest_work_are_exported(
     paused = value("reconciler_digest_paused_seconds_total")
     assert rows == 2 * 30_000 + 2 * 1000  # every month's Postgres side, once
     assert seconds > 0 and paused == pytest.approx(seconds, rel=0.01)
+    assert sum(stop.waits) == pytest.approx(paused)  # and the daemon did wait that long
+    assert len(stop.waits) == 4  # after each of the four comparisons

@@ -5,6 +5,7 @@ failing says so for as long as it stays broken, whatever the repair budget."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -146,3 +147,37 @@ def test_a_new_leader_compares_every_month_and_stale_findings_are_forgotten(
     assert pg.execute(
         "SELECT count(*) FROM ranking.month_check WHERE year_month = '2026-09'"
     ).fetchone() == (0,)
+
+
+def test_the_dead_man_follows_the_leader_not_the_follower(
+    settings: Settings, write_month: WriteMonth, make_daemon: Callable[..., Daemon]
+) -> None:
+    """A follower completes cycles while comparing nothing: it exports the leader's last
+    complete cycle, so a leader that hangs shows on every replica."""
+    write_month("ranking_signal", "2026-10", rows=10)
+    write_month("composite_signal_daily", "2026-10", rows=10)
+    leader, follower = make_daemon(), make_daemon()
+    leader.run_cycle()
+    follower.run_cycle()
+    assert leader.leader.held and not follower.leader.held
+    beat = leader.reconciler.last_cycle_timestamp
+    assert beat is not None
+    assert follower.reconciler.last_cycle_timestamp == pytest.approx(beat, abs=1.0)
+    time.sleep(1.1)
+    follower.run_cycle()  # the leader "hangs": no cycle of its own
+    follower.run_cycle()
+    assert follower.reconciler.last_cycle_timestamp == pytest.approx(beat, abs=1.0)
+    leader.run_cycle()
+    follower.run_cycle()
+    assert follower.reconciler.last_cycle_timestamp > beat + 1.0  # type: ignore[operator]
+
+
+def test_a_reload_keeps_the_leader_lock_when_the_database_is_the_same(
+    settings: Settings, make_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = make_daemon()
+    daemon.run_cycle()
+    lock = daemon.leader
+    assert lock.held
+    daemon.reload()
+    assert daemon.leader is lock and lock.held

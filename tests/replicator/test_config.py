@@ -154,3 +154,21 @@ def test_the_default_metrics_port_is_no_exporters() -> None:
     # 9187 is postgres_exporter's; the whole 9100-9999 range is allocated on the Prometheus wiki.
     port = int(load_settings(environ={}).daemon.metrics_addr.rsplit(":", 1)[1])
     assert port == 10742
+
+
+def test_kubernetes_service_links_are_not_settings() -> None:
+    """A Service named reconciler-postgres sets RECONCILER_POSTGRES_SERVICE_HOST and friends."""
+    env = {
+        "RECONCILER_POSTGRES_SERVICE_HOST": "10.0.0.1",
+        "RECONCILER_POSTGRES_SERVICE_PORT": "5432",
+        "RECONCILER_POSTGRES_PORT": "tcp://10.0.0.1:5432",
+        "RECONCILER_POSTGRES_PORT_5432_TCP_ADDR": "10.0.0.1",
+    }
+    assert load_settings(environ=env).postgres.layout == "plain"
+
+
+def test_a_port_alone_listens_on_every_interface() -> None:
+    assert load_settings(environ={"RECONCILER_DAEMON_METRICS_ADDR": ":10742"}).daemon.metrics_addr
+    from replicator.config import parse_host_port
+
+    assert parse_host_port(":10742") == ("0.0.0.0", 10742)

@@ -18,7 +18,8 @@ from deltalake import DeltaTable
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from reconciler.check import Checker
+from reconciler.check import Checker, open_snapshot_transaction
+from reconciler.convert import convert_to_partitioned
 from reconciler.daemon import Daemon
 from reconciler.diff import Differ
 from reconciler.migrate import migrate
@@ -166,7 +167,8 @@ def test_rewrites_leave_no_dead_tuples_and_readers_never_see_a_mix(
     ).fetchall()
     assert partitions == [("ranking_signal_202610", 0)]
     staging = pg.execute(
-        "SELECT count(*) FROM pg_class WHERE relname LIKE 'ranking_signal_stage_%'"
+        "SELECT count(*) FROM pg_class"
+        " WHERE relname LIKE 'ranking_signal_stage_%' AND relkind = 'r'"
     ).fetchone()
     assert staging == (0,)
 
@@ -191,7 +193,8 @@ def test_a_failed_write_leaves_the_old_partition_and_no_staging_table(
         "SELECT count(*) FROM ranking.ranking_signal WHERE year_month = '2026-10'"
     ).fetchone() == (50,)
     assert pg.execute(
-        "SELECT count(*) FROM pg_class WHERE relname LIKE 'ranking_signal_stage_%'"
+        "SELECT count(*) FROM pg_class"
+        " WHERE relname LIKE 'ranking_signal_stage_%' AND relkind = 'r'"
     ).fetchone() == (0,)
 
 
@@ -431,3 +434,93 @@ def test_conversion_under_concurrent_reads_and_writes_loses_and_duplicates_nothi
             assert result.status == "in_sync", (table, month, result.reason)
     # Converting again finds nothing to do.
     assert migrate(Database(Dsn(plain_database)), settings.tables, Layout.PARTITIONED) == []
+
+
+@pytest.mark.parametrize("layout", ["partitioned"], indirect=True)
+def test_writes_of_two_months_at_once_do_not_deadlock(
+    settings: Settings, write_month: WriteMonth, pg: psycopg.Connection[Any]
+) -> None:
+    for month in ("2026-09", "2026-10"):
+        write_month("ranking_signal", month, rows=20_000)
+    spec = settings.table("ranking_signal")
+    failures: list[BaseException] = []
+
+    def write(month: str) -> None:
+        try:
+            for _ in range(3):
+                MonthWriter(settings).write_month(spec, YearMonth.parse(month))
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(m,)) for m in ("2026-09", "2026-10")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures
+    counts = pg.execute(
+        "SELECT year_month, count(*) FROM ranking.ranking_signal GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert counts == [("2026-09", 20_000), ("2026-10", 20_000)]
+
+
+@pytest.mark.parametrize("layout", ["partitioned"], indirect=True)
+def test_a_check_in_progress_never_sees_a_swapped_month_empty(
+    settings: Settings, write_month: WriteMonth, pg_dsn: str
+) -> None:
+    """A swap after a check took its snapshot would show the check an empty month (the new
+    partition's rows are newer than the snapshot): the check locks the table first, and the
+    swap waits for it."""
+    write_month("ranking_signal", "2026-10", rows=500)
+    spec = settings.table("ranking_signal")
+    MonthWriter(settings).write_month(spec, OCT)
+    write_month("ranking_signal", "2026-10", rows=700, seed=2)
+    query = "SELECT count(*) FROM ranking.ranking_signal WHERE year_month = '2026-10'"
+    with psycopg.connect(pg_dsn) as conn:
+        open_snapshot_transaction(conn, spec)
+        assert conn.execute(query).fetchone() == (500,)
+        writer = threading.Thread(target=MonthWriter(settings).write_month, args=(spec, OCT))
+        writer.start()
+        time.sleep(1.0)  # the writer has loaded its staging table and waits to swap
+        assert conn.execute(query).fetchone() == (500,)
+        conn.rollback()
+        writer.join(timeout=60)
+        assert conn.execute(query).fetchone() == (700,)
+
+
+def test_conversion_keeps_indexes_and_refuses_what_would_not_carry_over(
+    plain_database: str, delta_root: str, write_month: WriteMonth
+) -> None:
+    settings = load_settings(dsn=plain_database, delta_root=delta_root, environ={})
+    write_month("ranking_signal", "2026-10", rows=100)
+    MonthWriter(settings).write_month(settings.table("ranking_signal"), OCT)
+    db = Database(Dsn(plain_database))
+    spec = settings.table("ranking_signal")
+    with psycopg.connect(plain_database, autocommit=True) as conn:
+        conn.execute("CREATE INDEX by_entity ON ranking.ranking_signal (entity_id)")
+        conn.execute(
+            "CREATE FUNCTION ranking.noop() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RETURN NULL; END $$;"
+            " CREATE TRIGGER noop AFTER INSERT ON ranking.ranking_signal"
+            " FOR EACH STATEMENT EXECUTE FUNCTION ranking.noop()"
+        )
+        with pytest.raises(InputError, match="1 trigger"):
+            convert_to_partitioned(db, spec)
+        assert conn.execute(
+            "SELECT relkind FROM pg_class WHERE oid = 'ranking.ranking_signal'::regclass"
+        ).fetchone() == ("r",)
+        conn.execute("DROP TRIGGER noop ON ranking.ranking_signal")
+        assert convert_to_partitioned(db, spec)
+        indexed = conn.execute(
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = 'ranking.ranking_signal_202610'::regclass"
+        ).fetchone()
+        assert indexed == (2,)  # year_month and by_entity, on the partition too
+    # The next write builds both on its staging table before it is swapped in.
+    write_month("ranking_signal", "2026-10", rows=120, seed=3)
+    MonthWriter(settings).write_month(spec, OCT)
+    with psycopg.connect(plain_database) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_index"
+            " WHERE indrelid = 'ranking.ranking_signal_202610'::regclass"
+        ).fetchone() == (2,)
