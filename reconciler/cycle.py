@@ -477,8 +477,31 @@ def _schema_inputs(conn: psycopg.Connection[Any], spec: TableSpec, reader: Delta
 def _months_in_postgres(
     conn: psycopg.Connection[Any], spec: TableSpec, window: list[YearMonth]
 ) -> set[str]:
-    """One index probe per month of the window."""
-    query = sql.SQL(
-        "SELECT m FROM unnest(%s::text[]) AS m WHERE EXISTS (SELECT 1 FROM {} WHERE year_month = m)"
-    ).format(sql.Identifier(spec.postgres_schema, spec.postgres_table))
-    return {row[0] for row in conn.execute(query, ([str(m) for m in window],))}
+    """The months of the window holding rows: one index probe per month on a plain table; on a
+    partitioned one, the first row of each month's partition (a probe through the parent would
+    read every partition: the month is a value the planner cannot prune by in advance)."""
+    months = [str(m) for m in window]
+    partitions = conn.execute(
+        "SELECT substring(pg_catalog.pg_get_expr(p.relpartbound, p.oid)"
+        " FROM 'IN \\(''([0-9-]+)''\\)'), n.nspname, p.relname"
+        " FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace"
+        " WHERE i.inhparent = %s::regclass",
+        (spec.qualified_name,),
+    ).fetchall()
+    if not partitions:  # a plain table (or a partitioned one with no partition yet)
+        query = sql.SQL(
+            "SELECT m FROM unnest(%s::text[]) AS m"
+            " WHERE EXISTS (SELECT 1 FROM {} WHERE year_month = m)"
+        ).format(sql.Identifier(spec.postgres_schema, spec.postgres_table))
+        return {row[0] for row in conn.execute(query, (months,))}
+    probes = [
+        sql.SQL("SELECT {} WHERE EXISTS (SELECT 1 FROM {} LIMIT 1)").format(
+            sql.Literal(month), sql.Identifier(schema, name)
+        )
+        for month, schema, name in partitions
+        if month in months
+    ]
+    if not probes:
+        return set()
+    return {row[0] for row in conn.execute(sql.SQL(" UNION ALL ").join(probes))}

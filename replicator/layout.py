@@ -3,11 +3,13 @@
 * `plain`: one table; a write deletes the month and copies it in again, in one transaction.
   Every rewrite leaves the old month as dead tuples for autovacuum.
 * `partitioned`: the table is partitioned by `year_month` (LIST), one partition per month. A
-  write copies the month into a fresh staging table (`ranking.stage_month`), builds its indexes
-  and analyzes it (`ranking.finish_stage`) and commits, all invisible to readers; then, in a
-  short transaction of its own under the month's lock, `ranking.swap_month` swaps it in for the
-  old partition, which is dropped, and the sync is recorded: no dead tuples, and readers wait
-  only for the swap (at most `SWAP_LOCK_TIMEOUT` per attempt).
+  write makes a fresh staging table (`ranking.stage_month`, committed at once), then in one
+  transaction copies the month into it, builds its indexes and analyzes it
+  (`ranking.finish_stage`), and, under the month's lock, swaps it in for the old partition,
+  which is dropped (`ranking.swap_month`), and records the sync: no dead tuples, nothing
+  visible before the commit, and readers wait only for the swap, which holds the table's
+  ACCESS EXCLUSIVE lock from the detach to the commit and waits at most `SWAP_LOCK_TIMEOUT`
+  for running readers before it is retried from a savepoint.
 
 The writer and the reconciler follow what the table is (its `relkind`), so a table converted by
 `reconciler migrate --layout partitioned` is written the new way from its next write on;

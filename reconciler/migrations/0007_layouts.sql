@@ -1,7 +1,7 @@
 -- Big months (docs/operations.md, "Table layouts"): fresh planner statistics after every write,
--- and the opt-in partitioned layout, where a write loads the month into a staging table
--- (stage_month, then COPY, then finish_stage: indexes and ANALYZE, committed) and swaps it in
--- as the month's partition in a short transaction of its own (swap_month).
+-- and the opt-in partitioned layout, where a write makes a staging table (stage_month,
+-- committed), then in one transaction loads it, builds its indexes and statistics
+-- (finish_stage) and swaps it in as the month's partition (swap_month).
 --
 -- The writer role still owns nothing and has no DDL rights. What it may not do itself runs
 -- through the SECURITY DEFINER functions below, owned by the role that runs the migrations:
@@ -153,8 +153,8 @@ END
 $$;
 
 -- Swaps the finished staging table in as the month's partition, the old one detached and
--- dropped, under the month's writer lock. Readers wait from the detach to the commit; run it
--- in a short transaction with a lock_timeout (the writer does, and retries).
+-- dropped, under the month's writer lock. Readers wait from the detach to the commit: the
+-- writer runs it last, with a lock_timeout, retried from a savepoint.
 CREATE OR REPLACE FUNCTION ranking.swap_month(
     p_schema text, p_table text, p_month text, p_staging text)
 RETURNS void
