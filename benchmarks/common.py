@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,17 @@ def timed(func: Callable[[], T]) -> tuple[float, T]:
     started = time.perf_counter()
     result = func()
     return time.perf_counter() - started, result
+
+
+def median_of(runs: int, func: Callable[[], T]) -> tuple[float, T]:
+    """The median wall time of `runs` calls (this machine's cores are shared and noisy: one
+    run can be off by a third either way), with the last call's result."""
+    times, result = [], None
+    for _ in range(runs):
+        seconds, result = timed(func)
+        times.append(seconds)
+    assert result is not None
+    return statistics.median(times), result
 
 
 def peak_rss_of(code: str) -> tuple[float, str]:

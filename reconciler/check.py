@@ -204,8 +204,7 @@ class Checker:
         self.db = db
         self.settings = settings
         self._hash_verified = False
-        digest = settings.digest
-        self.limits = QueryLimits(digest.postgres_parallelism, digest.statement_timeout_seconds)
+        self.limits = QueryLimits.of(settings.digest)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Checker:

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reconciler.check import open_snapshot_transaction
-from reconciler.sides import DeltaSide, PostgresSide, SideRow
+from reconciler.sides import DeltaSide, PostgresSide, QueryLimits, SideRow
 from replicator.config import Settings, TableSpec, load_settings
 from replicator.delta import ChangeKind, DeltaTableReader
 from replicator.errors import InputError, ReplicationError
@@ -296,7 +296,8 @@ class Differ:
             self.db.connect() as conn,
             self.db.errors("Postgres failed"),
         ):
-            open_snapshot_transaction(conn, spec)
+            limits = QueryLimits.of(self.settings.digest)
+            open_snapshot_transaction(conn, spec, limits)
             pg_columns = postgres_columns(conn, spec)
             state = read_sync_state(conn, spec.name, str(year_month))
             snapshot, compared_with = self._snapshot(latest, state, year_month, pg_columns)
@@ -308,9 +309,11 @@ class Differ:
                 self.settings.postgres.batch_rows,
                 workers=self.settings.digest.delta_workers,
             )
-            postgres = PostgresSide(conn, schema, year_month, self.db)
-            postgres_count = postgres.count()
-            if not snapshot.has_month(year_month) and postgres_count == 0:
+            postgres = PostgresSide(conn, schema, year_month, self.db, limits)
+            # Buckets are sized from Delta's log; Postgres is counted only when the log cannot
+            # say (no statistics) or holds no rows of the month.
+            expected = snapshot.month_row_count(year_month) or postgres.count()
+            if not snapshot.has_month(year_month) and expected == 0:
                 raise InputError(
                     f"table {spec.name}: month {year_month} is neither in Delta nor in Postgres"
                 )
@@ -323,7 +326,6 @@ class Differ:
                 spec.key_columns,
                 limit=limit,
             )
-            expected = max(postgres_count, snapshot.month_row_count(year_month) or 0)
             buckets = buckets_for(expected, self.settings.digest.buckets)
             with ThreadPoolExecutor(max_workers=1) as pool:
                 delta_future = pool.submit(delta.bucketed, buckets, Path(spill))

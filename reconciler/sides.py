@@ -22,6 +22,7 @@ import pyarrow as pa
 from psycopg import sql
 from pyarrow import ipc
 
+from replicator.config import DigestSettings
 from replicator.contract import (
     POSTGRES,
     DeltaHasher,
@@ -87,15 +88,27 @@ class QueryLimits:
     parallelism: int = 2  # the backend plus up to parallelism - 1 parallel workers
     statement_timeout_seconds: float = 0.0  # 0: no limit
 
-    def apply(self, conn: psycopg.Connection[Any]) -> None:
-        """For the rest of the caller's transaction."""
+    @classmethod
+    def of(cls, digest: DigestSettings) -> QueryLimits:
+        return cls(digest.postgres_parallelism, digest.statement_timeout_seconds)
+
+    def statements(self) -> list[sql.Composed]:
+        """The settings, as statements for the rest of a transaction."""
         workers = max(0, self.parallelism - 1)
-        conn.execute(
+        statements = [
             sql.SQL("SET LOCAL max_parallel_workers_per_gather = {}").format(sql.Literal(workers))
-        )
+        ]
         if self.statement_timeout_seconds > 0:  # 0: the role's or database's own setting
             timeout = max(1, round(self.statement_timeout_seconds * 1000))
-            conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout)))
+            statements.append(
+                sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout))
+            )
+        return statements
+
+    def apply(self, conn: psycopg.Connection[Any]) -> None:
+        """For the rest of the caller's transaction."""
+        for statement in self.statements():
+            conn.execute(statement)
 
 
 class PostgresSide(MonthSide):
@@ -166,6 +179,12 @@ class PostgresSide(MonthSide):
         accumulator = DigestAccumulator(buckets)
         path = spill / f"postgres-{id(self)}.positions"
         with path.open("wb") as out, self.db.adbc_in_snapshot(str(snapshot[0])) as cursor:
+            for statement in self.limits.statements():
+                cursor.execute(statement.as_string(None))
+            # Every row goes to the client, so the planner prices a parallel plan's tuple
+            # transfer above its gain and picks one process; but the row hash, not the transfer,
+            # is the work (measured on 2,000,000 rows: 1.55 s in one process, 1.1 s in two).
+            cursor.execute("SET LOCAL parallel_tuple_cost = 0")
             cursor.execute(query.as_string(None), (str(self.year_month),))
             for batch in cursor.fetch_record_batch():
                 self._add_rows(pa.record_batch(batch), accumulator, out)
