@@ -53,12 +53,8 @@ class SideRow:
 
 
 class MonthSide(ABC):
-    """One side of the comparison of one month of one table.
-
-    `digest` is the month digest of the hash contract. For `reconciler diff`, `bucketed` splits
-    it by row-hash bucket (see `bucket_of`) and keeps on disk, under `spill`, what a second pass
-    needs to find each row again; `rows_in_buckets` then returns the rows of chosen buckets.
-    """
+    """One side of the comparison of one month of one table: its row count and its month
+    digest (the hash contract's)."""
 
     name: str
 
@@ -68,11 +64,18 @@ class MonthSide(ABC):
     @abstractmethod
     def digest(self) -> MonthDigest: ...
 
-    def bucketed(self, buckets: int, spill: Path) -> MonthDigest:
-        raise NotImplementedError(f"the {self.name} side holds no rows")
 
-    def rows_in_buckets(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
-        raise NotImplementedError(f"the {self.name} side holds no rows")
+class RowSide(MonthSide):
+    """A side that holds the rows themselves (Delta, Postgres), so `reconciler diff` can find
+    them: `bucketed` splits the digest by row-hash bucket (see `bucket_of`) and keeps on disk,
+    under `spill`, what a second pass needs to find each row again; `rows_in_buckets` then
+    returns the rows of chosen buckets."""
+
+    @abstractmethod
+    def bucketed(self, buckets: int, spill: Path) -> MonthDigest: ...
+
+    @abstractmethod
+    def rows_in_buckets(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]: ...
 
 
 _TID = np.dtype([("block", ">u4"), ("offset", ">u2")])
@@ -111,7 +114,7 @@ class QueryLimits:
             conn.execute(statement)
 
 
-class PostgresSide(MonthSide):
+class PostgresSide(RowSide):
     """Postgres, inside the caller's (REPEATABLE READ) transaction on `conn`.
 
     The digest is one aggregate query; Postgres's parallel query splits its scan over
@@ -232,7 +235,7 @@ class PostgresSide(MonthSide):
             yield SideRow(row[0], tuple(row[1 : 1 + width]), tuple(row[1 + width :]))
 
 
-class DeltaSide(MonthSide):
+class DeltaSide(RowSide):
     """The Delta snapshot at the reader's pinned version, hashed batch by batch on `workers`
     threads; `bucketed` keeps every batch it hashed, with each row's hash, in an Arrow IPC file
     (disk, not memory), from which `rows_in_buckets` reads rows back without hashing again."""

@@ -7,6 +7,7 @@ that a test may kill (`-m immediate`) and restart.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -49,27 +50,39 @@ def pg_server() -> Iterator[str]:
             server.cleanup()
 
 
+@contextlib.contextmanager
+def own_database(server: str, prefix: str, layout: Layout | None = None) -> Iterator[str]:
+    """DSN of a database of the caller's own on `server` (a unique name starting with
+    `prefix`), migrated in `layout` (None: left bare), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        dsn = make_conninfo(server, dbname=name)
+        if layout is not None:
+            migrate(Database(Dsn(dsn)), layout=layout)
+        yield dsn
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 @pytest.fixture(scope="session")
 def pg_databases(pg_server: str) -> Iterator[Callable[[str], str]]:
     """DSN of a fresh, migrated database per table layout, made on first use."""
     made: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
 
-    def database(layout: str) -> str:
-        if layout not in made:
-            name = f"reconciler_test_{layout[:5]}_{uuid.uuid4().hex[:10]}"
-            with psycopg.connect(pg_server, autocommit=True) as admin:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            made[layout] = make_conninfo(pg_server, dbname=name)
-            migrate(Database(Dsn(made[layout])), layout=Layout(layout))
-        return made[layout]
+        def database(layout: str) -> str:
+            if layout not in made:
+                made[layout] = stack.enter_context(
+                    own_database(pg_server, f"reconciler_test_{layout[:5]}", Layout(layout))
+                )
+            return made[layout]
 
-    yield database
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        for dsn in made.values():
-            name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name)))
-            )
+        yield database
 
 
 @pytest.fixture

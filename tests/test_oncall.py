@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,13 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from reconciler import __version__, diff_month
 from reconciler.sample import write_delta_month
 from replicator.config import Settings, with_overrides
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
-from tests.fix_db import SilentServer
+from tests.fix_db import SilentServer, own_database
 from tests.fix_delta import WriteMonth
 from tests.reconciler import alltypes
 from tests.waiting import free_port, until
@@ -224,13 +221,9 @@ def test_diff_output_must_be_parquet_or_csv(cli: Any) -> None:
 
 # -- errors an operator can act on --------------------------------------------------------------
 @pytest.fixture
-def unmigrated(pg: psycopg.Connection[Any], pg_dsn: str) -> Iterator[str]:
-    name = f"reconciler_bare_{uuid.uuid4().hex[:8]}"
-    pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(pg_dsn, dbname=name)
-    finally:
-        pg.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def unmigrated(pg_server: str) -> Iterator[str]:
+    with own_database(pg_server, "reconciler_bare") as dsn:
+        yield dsn
 
 
 def test_a_database_never_migrated_says_run_migrate(

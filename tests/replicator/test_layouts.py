@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,7 +31,7 @@ from replicator.postgres import Database
 from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
-from tests.fix_db import LAYOUTS
+from tests.fix_db import LAYOUTS, own_database
 from tests.fix_delta import WriteMonth
 from tests.waiting import until
 
@@ -324,18 +323,8 @@ def test_diff_repair_and_outside_writes_on_partitions(
 def plain_database(pg_server: str) -> Iterator[str]:
     """A database of this test's own: converting the session's plain one would change it for
     every other test."""
-    name = f"reconciler_convert_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(pg_server, dbname=name)
-    migrate(Database(Dsn(dsn)))
-    try:
+    with own_database(pg_server, "reconciler_convert", Layout.PLAIN) as dsn:
         yield dsn
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def test_conversion_under_concurrent_reads_and_writes_loses_and_duplicates_nothing(
