@@ -25,6 +25,7 @@ MONTH_ROWS = "reconciler_month_rows"
 MONTH_SYNC_LAG = "reconciler_month_sync_lag_seconds"
 MONTH_LAST_SYNC = "reconciler_month_last_sync_timestamp_seconds"
 MONTH_LAST_CHECK = "reconciler_month_last_check_timestamp_seconds"
+MONTH_LAST_PROOF = "reconciler_month_last_proof_timestamp_seconds"
 REPLICATION_FAILURES = "reconciler_replication_failures"
 CHECKS = "reconciler_checks"  # _total is added by prometheus-client
 CHECK_FAILURES = "reconciler_check_failures"
@@ -51,6 +52,7 @@ EXPORTED_NAMES = frozenset(
         MONTH_SYNC_LAG,
         MONTH_LAST_SYNC,
         MONTH_LAST_CHECK,
+        MONTH_LAST_PROOF,
         REPLICATION_FAILURES,
         f"{CHECKS}_total",
         f"{CHECK_FAILURES}_total",
@@ -86,6 +88,7 @@ class MonthView:
     replication_failures: int
     last_check_duration: float | None = None
     repair_failures: int = 0  # failed repairs since the last successful one; 0 when in sync
+    last_proof_timestamp: float | None = None  # both digests last recomputed from the data
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,12 @@ class MonthStateCollector(Collector):
             "Last completed comparison of the month",
             labels=["table", "year_month"],
         )
+        last_proof = GaugeMetricFamily(
+            MONTH_LAST_PROOF,
+            "Last time both sides of the month were digested from their data and found to agree"
+            " or not (Delta from its files, Postgres from its rows)",
+            labels=["table", "year_month"],
+        )
         failures = GaugeMetricFamily(
             REPLICATION_FAILURES,
             "Consecutive failed replications recorded in sync state",
@@ -173,6 +182,8 @@ class MonthStateCollector(Collector):
                 last_sync.add_metric(labels, month.last_sync_timestamp)
             if month.last_check_timestamp is not None:
                 last_check.add_metric(labels, month.last_check_timestamp)
+            if month.last_proof_timestamp is not None:
+                last_proof.add_metric(labels, month.last_proof_timestamp)
             failures.add_metric(labels, month.replication_failures)
         up = GaugeMetricFamily(
             SOURCE_UP, "1 if the source answered in the last cycle", labels=["source"]
@@ -197,7 +208,8 @@ class MonthStateCollector(Collector):
                 failed[table, trigger] += count
         for (table, trigger), count in sorted(failed.items()):
             repair_fails.add_metric([table, trigger], count)
-        families: list[Metric] = [status, code, rows, lag, last_sync, last_check, duration]
+        families: list[Metric] = [status, code, rows, lag, last_sync, last_check, last_proof]
+        families.append(duration)
         families += [failures, repair_failures, repairs, repair_fails, up]
         if view.last_cycle_timestamp is not None:
             cycle = GaugeMetricFamily(LAST_CYCLE, "End of the last complete cycle")

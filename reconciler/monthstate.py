@@ -117,6 +117,7 @@ class MonthState:
             self.replication_failures,
             self.last_check_duration,
             self.repair_failures,
+            self.delta_checked_at,
         )
 
     def observe(self, sync: SyncState | None, inputs: MonthInputs, now: float) -> None:

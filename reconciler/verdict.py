@@ -29,7 +29,18 @@ class Status(enum.StrEnum):
 
     @property
     def severity(self) -> int:
+        """Worse is higher; also the exported `reconciler_month_status_code`."""
         return _SEVERITY.index(self)
+
+    @property
+    def code(self) -> int:
+        """The number `reconciler_month_status_code` exports (its severity)."""
+        return self.severity
+
+    @classmethod
+    def by_severity(cls) -> tuple[Status, ...]:
+        """Every status, best to worst (the order of their codes)."""
+        return _SEVERITY
 
     @property
     def is_finding(self) -> bool:
