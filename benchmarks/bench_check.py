@@ -31,6 +31,7 @@ from benchmarks.common import (
 )
 from reconciler.check import Checker
 from reconciler.diff import diff_month
+from replicator.month import Month
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 
@@ -91,10 +92,14 @@ def main() -> None:
             conn.execute("VACUUM ANALYZE ranking.rs_b")
         copy_seconds = min(copy_out(dsn) for _ in range(2))
         checker = Checker.for_settings(settings)
-        checker.check(spec, YearMonth.parse("2026-09"))  # connection and hash self-test warm-up
-        check_seconds, result = median_of(RUNS, lambda: checker.check(spec, MONTH))
+        checker.check(
+            Month.of(spec, YearMonth.parse("2026-09"))
+        )  # connection and hash self-test warm-up
+        check_seconds, result = median_of(RUNS, lambda: checker.check(Month.of(spec, MONTH)))
         assert (result.status, result.delta_digest_source) == ("in_sync", "recorded")
-        deep_seconds, deep = median_of(RUNS, lambda: checker.check(spec, MONTH, deep=True))
+        deep_seconds, deep = median_of(
+            RUNS, lambda: checker.check(Month.of(spec, MONTH), deep=True)
+        )
         assert (deep.status, deep.delta_digest_source) == ("in_sync", "computed")
         reladiff_seconds, found = median_of(RUNS, lambda: reladiff_run(dsn))
         assert found == 0
@@ -162,9 +167,11 @@ def main() -> None:
             code = (
                 "from benchmarks.common import settings_for\n"
                 "from reconciler.check import Checker\n"
+                "from replicator.month import Month\n"
                 "from replicator.yearmonth import YearMonth\n"
                 f"s = settings_for({dsn!r}, {root!r})\n"
-                "r = Checker.for_settings(s).check(s.table('ranking_signal'), YearMonth(2026, 10),"
+                "m = Month.of(s.table('ranking_signal'), YearMonth(2026, 10))\n"
+                "r = Checker.for_settings(s).check(m,"
                 " deep=True)\n"
                 "print(r.status, r.delta_rows, round(r.duration_seconds, 2))\n"
             )

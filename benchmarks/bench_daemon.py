@@ -17,7 +17,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from benchmarks.common import arguments, report, scratch_database, settings_for, tempdir, timed
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from reconciler.sample import GENERATORS, write_delta_month
 from replicator.config import DaemonSettings, with_overrides
 from replicator.layout import Layout
@@ -51,7 +51,7 @@ def measure(args: argparse.Namespace, months: list[YearMonth], layout: Layout) -
                 write_delta_month(settings.table_uri(spec), month, data)
                 MonthWriter(settings).write_month(spec, month)
         setup = time.perf_counter() - started
-        daemon = Daemon(lambda: settings, Overrides())
+        daemon = Daemon(lambda: settings)
         first, summary = timed(daemon.run_cycle)
         assert summary.checked == MONTHS * len(settings.tables), summary
         idle, idle_summary = timed(daemon.run_cycle)

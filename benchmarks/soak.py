@@ -20,10 +20,11 @@ import psycopg
 
 from benchmarks.common import DEFAULT_SERVER, report, scratch_database, settings_for, tempdir
 from reconciler.check import Checker
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from reconciler.sample import GENERATORS, write_delta_month
 from replicator.config import AutoRepairSettings, DaemonSettings, with_overrides
 from replicator.errors import ReplicationError
+from replicator.month import Month
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 
@@ -65,7 +66,7 @@ def main() -> None:
                     GENERATORS[spec.name](month, args.rows, seed=month.lock_key),
                 )
                 MonthWriter(settings).write_month(spec, month)
-        daemon = Daemon(lambda: settings, Overrides())
+        daemon = Daemon(lambda: settings)
         thread = threading.Thread(target=daemon.run, daemon=True)
         thread.start()
         process = psutil.Process()
@@ -170,7 +171,7 @@ def main() -> None:
             (spec.name, str(m))
             for spec in settings.tables
             for m in months
-            if checker.check(spec, m, deep=True).status != "in_sync"
+            if checker.check(Month.of(spec, m), deep=True).status != "in_sync"
         ]
         first, last = samples[1] if len(samples) > 1 else samples[0], samples[-1]
         report(

@@ -5,15 +5,18 @@ Per-month state and the repair counts (read from the repair audit table, so that
 `MonthStateCollector`, which builds fresh families on each scrape from the view it is handed
 (`DaemonView`), so a month that leaves the retention window leaves the output. This package
 knows nothing of the reconciler beyond that view. The check counters and the histogram are
-ordinary prometheus-client objects.
+ordinary prometheus-client objects; no `_created` series are exported (they double every
+counter's series for a value nobody graphs).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -41,19 +44,93 @@ LEADER = "reconciler_leader"
 BUILD_INFO = "reconciler_build_info"
 CIRCUIT_BREAKER_OPEN = "reconciler_auto_repair_circuit_open"
 
+
+class MonthView(Protocol):
+    """What the exporter reads of one month of one table (the reconciler's `MonthRecord`)."""
+
+    @property
+    def labels(self) -> tuple[str, str]: ...  # (table, year_month)
+    @property
+    def status(self) -> str: ...
+    @property
+    def delta_rows(self) -> int | None: ...
+    @property
+    def postgres_rows(self) -> int | None: ...
+    @property
+    def lag_seconds(self) -> float: ...
+    @property
+    def last_sync_at(self) -> dt.datetime | None: ...
+    @property
+    def checked_at(self) -> dt.datetime | None: ...
+    @property
+    def proven_at(self) -> dt.datetime | None: ...
+    @property
+    def duration_seconds(self) -> float | None: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    @property
+    def repair_failures(self) -> int: ...
+
+
+def _epoch(moment: dt.datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+@dataclass(frozen=True)
+class MonthGauge:
+    """One per-month gauge family: its name, help and how to read it off a month (None: the
+    month has no sample)."""
+
+    name: str
+    help: str
+    value: Callable[[MonthView], float | None]
+
+
+MONTH_GAUGES: tuple[MonthGauge, ...] = (
+    MonthGauge(
+        MONTH_SYNC_LAG,
+        "Seconds since the oldest Delta commit of the month that Postgres does not hold yet;"
+        " 0 when caught up",
+        lambda m: m.lag_seconds,
+    ),
+    MonthGauge(
+        MONTH_LAST_SYNC,
+        "Last successful replication of the month",
+        lambda m: _epoch(m.last_sync_at),
+    ),
+    MonthGauge(
+        MONTH_LAST_CHECK, "Last completed comparison of the month", lambda m: _epoch(m.checked_at)
+    ),
+    MonthGauge(
+        MONTH_LAST_PROOF,
+        "Last time both sides of the month were digested from their data (Delta from its"
+        " files, Postgres from its rows): a deep check, or the sync itself",
+        lambda m: _epoch(m.proven_at),
+    ),
+    MonthGauge(
+        MONTH_CHECK_DURATION,
+        "Duration of the month's last completed comparison",
+        lambda m: m.duration_seconds,
+    ),
+    MonthGauge(
+        REPLICATION_FAILURES,
+        "Consecutive failed replications recorded in sync state",
+        lambda m: m.consecutive_failures,
+    ),
+    MonthGauge(
+        MONTH_REPAIR_FAILURES,
+        "Failed repairs of the month since its last successful one (0 once in sync)",
+        lambda m: m.repair_failures,
+    ),
+)
+
 # Every name a dashboard or an alert may use, with the suffixes the exposition adds.
 EXPORTED_NAMES = frozenset(
     {
         MONTH_STATUS,
         MONTH_STATUS_CODE,
-        MONTH_CHECK_DURATION,
-        MONTH_REPAIR_FAILURES,
         MONTH_ROWS,
-        MONTH_SYNC_LAG,
-        MONTH_LAST_SYNC,
-        MONTH_LAST_CHECK,
-        MONTH_LAST_PROOF,
-        REPLICATION_FAILURES,
+        *(gauge.name for gauge in MONTH_GAUGES),
         f"{CHECKS}_total",
         f"{CHECK_FAILURES}_total",
         f"{CHECK_DURATION}_bucket",
@@ -74,34 +151,22 @@ EXPORTED_NAMES = frozenset(
 
 
 @dataclass(frozen=True)
-class MonthView:
-    """What the exporter shows of one month of one table."""
-
-    table: str
-    year_month: str
-    status: str
-    delta_rows: int | None
-    postgres_rows: int | None
-    lag_seconds: float
-    last_sync_timestamp: float | None
-    last_check_timestamp: float | None
-    replication_failures: int
-    last_check_duration: float | None = None
-    repair_failures: int = 0  # failed repairs since the last successful one; 0 when in sync
-    last_proof_timestamp: float | None = None  # both digests last recomputed from the data
-
-
-@dataclass(frozen=True)
 class DaemonView:
     months: tuple[MonthView, ...]
     sources_up: Mapping[str, bool]  # every source, up or not
-    last_cycle_timestamp: float | None
+    last_cycle: dt.datetime | None
     leader: bool
     circuit_open: bool
     statuses: tuple[str, ...]  # every value of the month status state set, in order
-    status_codes: Mapping[str, int] = field(default_factory=dict)  # status -> severity
+    status_codes: Mapping[str, int] = field(default_factory=dict)  # status -> exported code
     # Audited repairs, automatic and manual, by (table, trigger, outcome), from Postgres.
     repairs: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+
+
+def status_code_help(codes: Mapping[str, int]) -> str:
+    """The help text of `reconciler_month_status_code`, from the codes themselves."""
+    named = ", ".join(f"{code} {name}" for name, code in sorted(codes.items(), key=lambda i: i[1]))
+    return f"The month's status as one number, worse is higher: {named}"
 
 
 class MonthStateCollector(Collector):
@@ -113,83 +178,38 @@ class MonthStateCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         view = self._view()
+        month_labels = ["table", "year_month"]
         status = GaugeMetricFamily(
             MONTH_STATUS,
             "1 for the month's current status, 0 otherwise",
-            labels=["table", "year_month", "status"],
+            labels=[*month_labels, "status"],
         )
         code = GaugeMetricFamily(
-            MONTH_STATUS_CODE,
-            "The month's status as one number, worse is higher: 0 in_sync, 1 unknown,"
-            " 2 lagging, 3 missing, 4 orphaned, 5 drift, 6 error",
-            labels=["table", "year_month"],
-        )
-        duration = GaugeMetricFamily(
-            MONTH_CHECK_DURATION,
-            "Duration of the month's last completed comparison",
-            labels=["table", "year_month"],
-        )
-        repair_failures = GaugeMetricFamily(
-            MONTH_REPAIR_FAILURES,
-            "Failed repairs of the month since its last successful one (0 once in sync)",
-            labels=["table", "year_month"],
+            MONTH_STATUS_CODE, status_code_help(view.status_codes), labels=month_labels
         )
         rows = GaugeMetricFamily(
-            MONTH_ROWS, "Rows of the month on each side", labels=["table", "year_month", "side"]
+            MONTH_ROWS, "Rows of the month on each side", labels=[*month_labels, "side"]
         )
-        lag = GaugeMetricFamily(
-            MONTH_SYNC_LAG,
-            "Seconds since the oldest Delta commit of the"
-            " month that Postgres does not hold yet; 0 when caught up",
-            labels=["table", "year_month"],
-        )
-        last_sync = GaugeMetricFamily(
-            MONTH_LAST_SYNC,
-            "Last successful replication of the month",
-            labels=["table", "year_month"],
-        )
-        last_check = GaugeMetricFamily(
-            MONTH_LAST_CHECK,
-            "Last completed comparison of the month",
-            labels=["table", "year_month"],
-        )
-        last_proof = GaugeMetricFamily(
-            MONTH_LAST_PROOF,
-            "Last time both sides of the month were digested from their data and found to agree"
-            " or not (Delta from its files, Postgres from its rows)",
-            labels=["table", "year_month"],
-        )
-        failures = GaugeMetricFamily(
-            REPLICATION_FAILURES,
-            "Consecutive failed replications recorded in sync state",
-            labels=["table", "year_month"],
-        )
+        gauges = [GaugeMetricFamily(g.name, g.help, labels=month_labels) for g in MONTH_GAUGES]
         for month in view.months:
-            labels = [month.table, month.year_month]
+            labels = list(month.labels)
             for name in view.statuses:
                 status.add_metric([*labels, name], 1.0 if month.status == name else 0.0)
             if month.status in view.status_codes:
                 code.add_metric(labels, view.status_codes[month.status])
-            if month.last_check_duration is not None:
-                duration.add_metric(labels, month.last_check_duration)
-            repair_failures.add_metric(labels, month.repair_failures)
-            if month.delta_rows is not None:
-                rows.add_metric([*labels, "delta"], month.delta_rows)
-            if month.postgres_rows is not None:
-                rows.add_metric([*labels, "postgres"], month.postgres_rows)
-            lag.add_metric(labels, month.lag_seconds)
-            if month.last_sync_timestamp is not None:
-                last_sync.add_metric(labels, month.last_sync_timestamp)
-            if month.last_check_timestamp is not None:
-                last_check.add_metric(labels, month.last_check_timestamp)
-            if month.last_proof_timestamp is not None:
-                last_proof.add_metric(labels, month.last_proof_timestamp)
-            failures.add_metric(labels, month.replication_failures)
-        up = GaugeMetricFamily(
-            SOURCE_UP, "1 if the source answered in the last cycle", labels=["source"]
-        )
-        for source, is_up in sorted(view.sources_up.items()):
-            up.add_metric([source], 1.0 if is_up else 0.0)
+            for side, count in (("delta", month.delta_rows), ("postgres", month.postgres_rows)):
+                if count is not None:
+                    rows.add_metric([*labels, side], count)
+            for gauge, family in zip(MONTH_GAUGES, gauges, strict=True):
+                value = gauge.value(month)
+                if value is not None:
+                    family.add_metric(labels, value)
+        yield from (status, code, rows, *gauges)
+        yield from self._repairs(view)
+        yield from self._process(view)
+
+    @staticmethod
+    def _repairs(view: DaemonView) -> Iterable[Metric]:
         repairs = CounterMetricFamily(
             REPAIRS,
             "Repairs recorded in the repair audit, automatic and manual",
@@ -208,37 +228,39 @@ class MonthStateCollector(Collector):
                 failed[table, trigger] += count
         for (table, trigger), count in sorted(failed.items()):
             repair_fails.add_metric([table, trigger], count)
-        families: list[Metric] = [status, code, rows, lag, last_sync, last_check, last_proof]
-        families.append(duration)
-        families += [failures, repair_failures, repairs, repair_fails, up]
-        if view.last_cycle_timestamp is not None:
-            cycle = GaugeMetricFamily(LAST_CYCLE, "End of the last complete cycle")
-            cycle.add_metric([], view.last_cycle_timestamp)
-            families.append(cycle)
-        families.append(
-            GaugeMetricFamily(
-                LEADER,
-                "1 on the instance that holds the leader lock",
-                value=1.0 if view.leader else 0.0,
-            )
+        return (repairs, repair_fails)
+
+    def _process(self, view: DaemonView) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            SOURCE_UP, "1 if the source answered in the last cycle", labels=["source"]
         )
-        families.append(
-            GaugeMetricFamily(
-                CIRCUIT_BREAKER_OPEN,
-                "1 while auto-repair is suspended because too many months drift",
-                value=1.0 if view.circuit_open else 0.0,
+        for source, is_up in sorted(view.sources_up.items()):
+            up.add_metric([source], 1.0 if is_up else 0.0)
+        yield up
+        if view.last_cycle is not None:
+            yield GaugeMetricFamily(
+                LAST_CYCLE, "End of the last complete cycle", value=view.last_cycle.timestamp()
             )
+        yield GaugeMetricFamily(
+            LEADER,
+            "1 on the instance that holds the leader lock",
+            value=1.0 if view.leader else 0.0,
+        )
+        yield GaugeMetricFamily(
+            CIRCUIT_BREAKER_OPEN,
+            "1 while auto-repair is suspended because too many months drift",
+            value=1.0 if view.circuit_open else 0.0,
         )
         info = GaugeMetricFamily(BUILD_INFO, "Build information", labels=["version"])
         info.add_metric([self._version], 1.0)
-        families.append(info)
-        return families
+        yield info
 
 
 class Metrics:
     """The registry and the process-lifetime counters of one daemon."""
 
     def __init__(self, view: Callable[[], DaemonView], version: str) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.checks = Counter(
             CHECKS, "Month comparisons attempted", ["table"], registry=self.registry

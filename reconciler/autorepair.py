@@ -9,6 +9,7 @@ is the cycle's job.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from reconciler.monthstate import MonthState
 from reconciler.verdict import REPAIRABLE, Status
 from replicator.config import AutoRepairSettings
 
-HOUR = 3600.0
+HOUR = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -28,33 +29,34 @@ class RepairPlan:
     dry_run: bool = False
 
 
-def recent(history: Iterable[float], now: float) -> list[float]:
+def recent(history: Iterable[dt.datetime], now: dt.datetime) -> list[dt.datetime]:
     """The repair times that still count against the hourly budget."""
     return [t for t in history if now - t <= HOUR]
 
 
 def plan_repairs(
     months: Iterable[MonthState],
-    history: Sequence[float],
+    history: Sequence[dt.datetime],
     guard: AutoRepairSettings,
     *,
     enabled: bool,
-    now: float,
+    now: dt.datetime,
 ) -> RepairPlan:
     """Which months to repair this cycle; `history` holds the times of earlier repairs."""
     states = list(months)
-    drifting = sum(1 for s in states if s.status is Status.DRIFT)
+    drifting = sum(1 for s in states if s.record.status is Status.DRIFT)
     circuit_open = drifting > guard.circuit_breaker_months
+    grace = dt.timedelta(seconds=guard.grace_period_seconds)
     due = tuple(
         sorted(
             (
                 s
                 for s in states
-                if s.status in REPAIRABLE
+                if s.record.status in REPAIRABLE
                 and s.bad_since is not None
-                and now - s.bad_since >= guard.grace_period_seconds
+                and now - s.bad_since >= grace
             ),
-            key=lambda s: s.year_month,
+            key=lambda s: s.month.year_month,
             reverse=True,
         )
     )

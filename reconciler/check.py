@@ -11,15 +11,18 @@ schema), the result carries the new anchor for the daemon (or `repair`) to recor
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
+from reconciler.record import DigestSource, MonthRecord
 from reconciler.sides import DeltaSide, MonthSide, PostgresSide, QueryLimits, RecordedSide
 from reconciler.verdict import (
     Digest,
@@ -37,70 +40,72 @@ from replicator.config import Settings, TableSpec
 from replicator.contract import MonthDigest
 from replicator.delta import ChangeKind, DeltaTableReader, MonthChange
 from replicator.errors import DeltaError, NotMigratedError, ReplicationError
-from replicator.postgres import Database
+from replicator.month import Month
+from replicator.postgres import Database, Session
 from replicator.schema import TableSchema, postgres_columns, reconcile_schemas, same_content
 from replicator.syncstate import Anchor, SyncState, read_sync_state, replication_in_flight
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
 
+# Side -> [rows digested, seconds spent]: the digest work of one check, for pacing and metrics.
+DigestWork = dict[str, list[float]]
 
-@dataclass
-class TableCheck:
-    """The outcome of comparing one month of one table (the `check --json` table entry)."""
 
-    table: str
-    year_month: str
-    status: Status = Status.ERROR
-    delta_version: int | None = None
-    synced_version: int | None = None
-    delta_rows: int | None = None
-    postgres_rows: int | None = None
-    delta_digest: str | None = None
-    postgres_digest: str | None = None
-    reason: str = ""
-    replication_in_flight: bool = False
-    lag_seconds: float = 0.0
-    last_sync_timestamp: float | None = None
-    consecutive_failures: int = 0
-    duration_seconds: float = 0.0
-    # The digest work this check did on each side (rows hashed, seconds spent).
-    work: dict[str, list[float]] = field(default_factory=dict)
-    delta_digest_source: str | None = None  # "recorded" by the writer, or "computed" from Delta
-    delta_change: str | None = None  # unchanged | changed | unknown: Delta since the sync
-    changed_version: int | None = None  # the first Delta version that changed the month
-    # A new anchor proven by this check, for the daemon or `repair` to record, and the sync
-    # state it replaces (as read: a sync since then wins).
-    reanchor: Anchor | None = field(default=None, repr=False)
-    reanchor_from: SyncState | None = field(default=None, repr=False)
+@dataclass(frozen=True)
+class Reanchor:
+    """A new anchor a check proved (Postgres equals the latest Delta snapshot under another
+    identity), and the sync state it replaces, as read: a sync since then wins."""
 
-    def as_dict(self) -> dict[str, Any]:
-        document = {
-            k: v for k, v in self.__dict__.items() if k not in ("reanchor", "reanchor_from", "work")
-        }
-        document["reanchored_to"] = self.reanchor.delta_version if self.reanchor else None
-        return document
+    anchor: Anchor
+    replaces: SyncState
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A check's record, with what only the daemon and `repair` use: the digest work done, the
+    re-anchoring it proved, and the sync state it read."""
+
+    record: MonthRecord
+    deep: bool = False
+    work: DigestWork = field(default_factory=dict)
+    reanchor: Reanchor | None = None
+    sync: SyncState | None = None
+
+    @property
+    def status(self) -> Status:
+        return self.record.status
+
+    @property
+    def month(self) -> Month:
+        return self.record.month
+
+    def as_json(self) -> dict[str, Any]:
+        anchor = self.reanchor.anchor.delta_version if self.reanchor else None
+        return {**self.record.as_json(), "reanchored_to": anchor}
 
 
 @dataclass
 class MonthCheck:
-    year_month: str
-    tables: list[TableCheck]
+    """The checks of one month, one per table (`check --json`)."""
+
+    year_month: YearMonth
+    results: list[CheckResult]
 
     @property
     def status(self) -> Status:
-        return worst(t.status for t in self.tables)
+        return worst(r.status for r in self.results)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, Any]:
         return {
-            "year_month": self.year_month,
-            "status": self.status,
-            "tables": [t.as_dict() for t in self.tables],
+            "year_month": str(self.year_month),
+            "status": str(self.status),
+            "tables": [r.as_json() for r in self.results],
         }
 
 
 def open_snapshot_transaction(
-    conn: psycopg.Connection[Any], spec: TableSpec, limits: QueryLimits | None = None
+    conn: Session, spec: TableSpec, limits: QueryLimits | None = None
 ) -> None:
     """Count, digest and sync state must all come from one consistent snapshot.
 
@@ -108,9 +113,7 @@ def open_snapshot_transaction(
     after the snapshot would otherwise show its month empty to this transaction (its rows are
     newer than the snapshot, the old partition is gone). A writer's swap waits for the check
     instead, at most its lock_timeout per attempt. `limits` bound every query of it."""
-    conn.rollback()
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
+    conn.begin_snapshot(read_only=True)
     table = sql.Identifier(spec.postgres_schema, spec.postgres_table)
     conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(table))
     if limits is not None:
@@ -141,22 +144,18 @@ class _Readable(MonthSide):
 
 
 class _Contents:
-    """The sides of one check, with their counts and (once computed) their digests."""
+    """The sides of one check by the evidence each gives, with their counts and (once
+    computed) their digests."""
 
-    def __init__(
-        self,
-        postgres: PostgresSide,
-        postgres_as_synced: PostgresSide | None,
-        as_synced: MonthSide | None,
-        delta_now: DeltaSide,
-        delta_now_rows: int | None,
-    ) -> None:
-        self.postgres, self.postgres_as_synced = postgres, postgres_as_synced
-        self.as_synced, self.delta_now = as_synced, delta_now
-        self.postgres_rows = postgres.count()
-        self.digests: dict[str, MonthDigest] = {}
-        self.work: dict[str, list[float]] = {}  # side -> [rows, seconds] of digests computed
+    def __init__(self, sides: Mapping[Evidence, MonthSide], delta_now_rows: int | None) -> None:
+        self.sides = dict(sides)
+        self.postgres_rows = self.sides[Evidence.POSTGRES].count()
+        self.digests: dict[Evidence, MonthDigest] = {}
+        self.work: DigestWork = {}
         self._delta_now_rows = delta_now_rows
+
+    def side(self, evidence: Evidence) -> MonthSide | None:
+        return self.sides.get(evidence)
 
     def _timed(self, side: MonthSide) -> MonthDigest:
         started = time.monotonic()
@@ -166,35 +165,62 @@ class _Contents:
         spent[1] += time.monotonic() - started
         return digest
 
-    def counts(self) -> dict[str, Digest | None]:
+    def counts(self) -> dict[Evidence, Digest | None]:
+        as_synced = self.side(Evidence.AS_SYNCED)
         return {
-            "postgres": Digest(self.postgres_rows),
-            "postgres_as_synced": Digest(self.postgres_rows) if self.postgres_as_synced else None,
-            "as_synced": Digest(self.as_synced.count()) if self.as_synced else None,
-            "delta_now": None if self._delta_now_rows is None else Digest(self._delta_now_rows),
+            Evidence.POSTGRES: Digest(self.postgres_rows),
+            Evidence.POSTGRES_AS_SYNCED: Digest(self.postgres_rows)
+            if Evidence.POSTGRES_AS_SYNCED in self.sides
+            else None,
+            Evidence.AS_SYNCED: Digest(as_synced.count()) if as_synced else None,
+            Evidence.DELTA_NOW: None
+            if self._delta_now_rows is None
+            else Digest(self._delta_now_rows),
         }
 
-    def compute(self, needed: frozenset[Evidence]) -> dict[str, Digest]:
+    def compute(self, needed: frozenset[Evidence]) -> dict[Evidence, Digest]:
         """Digests of the needed sides; Delta in a thread while Postgres works."""
-        delta_side: MonthSide | None = None
-        if Evidence.DELTA_NOW in needed:
-            delta_side = self.delta_now
-        elif Evidence.AS_SYNCED in needed and isinstance(self.as_synced, (DeltaSide, _Readable)):
-            delta_side = self.as_synced
+        wanted = set(needed)
+        if Evidence.POSTGRES in wanted and Evidence.POSTGRES_AS_SYNCED in self.sides:
+            wanted.add(Evidence.POSTGRES_AS_SYNCED)
+        on_delta = [e for e in wanted if self.sides.get(e) is not None and _reads_delta(e, self)]
         with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(self._timed, delta_side) if delta_side is not None else None
-            if Evidence.POSTGRES in needed:
-                self.digests["postgres"] = self._timed(self.postgres)
-                if self.postgres_as_synced is not None:
-                    self.digests["postgres_as_synced"] = self._timed(self.postgres_as_synced)
-            if Evidence.AS_SYNCED in needed and self.as_synced is not None:
-                if self.as_synced is delta_side and future is not None:
-                    self.digests["as_synced"] = future.result()
-                else:
-                    self.digests["as_synced"] = self.as_synced.digest()
-            if Evidence.DELTA_NOW in needed and future is not None:
-                self.digests["delta_now"] = future.result()
-        return {name: Digest(d.rows, d.hex) for name, d in self.digests.items()}
+            futures = {e: pool.submit(self._timed, self.sides[e]) for e in on_delta}
+            for evidence in wanted - set(on_delta):
+                side = self.sides.get(evidence)
+                if side is not None:
+                    self.digests[evidence] = (
+                        side.digest() if isinstance(side, RecordedSide) else self._timed(side)
+                    )
+            for evidence, future in futures.items():
+                self.digests[evidence] = future.result()
+        return {e: Digest(d.rows, d.hex) for e, d in self.digests.items()}
+
+    @property
+    def recorded_digest_used(self) -> bool:
+        side = self.side(Evidence.AS_SYNCED)
+        return isinstance(side, RecordedSide) or (isinstance(side, _Readable) and side.fell_back)
+
+
+def _reads_delta(evidence: Evidence, contents: _Contents) -> bool:
+    return isinstance(contents.sides.get(evidence), (DeltaSide, _Readable))
+
+
+@dataclass
+class _Month:
+    """What one check has read so far."""
+
+    month: Month
+    conn: Session
+    latest: DeltaTableReader
+    state: SyncState | None
+    in_flight: bool
+    schema: TableSchema
+    change: MonthChange
+
+    @property
+    def synced(self) -> int | None:
+        return self.state.delta_version if self.state else None
 
 
 class Checker:
@@ -216,128 +242,117 @@ class Checker:
         )
 
     def check(
+        self, month: Month, *, deep: bool = False, latest: DeltaTableReader | None = None
+    ) -> MonthRecord:
+        """The month's record; see `examine`."""
+        return self.examine(month, latest=latest, deep=deep).record
+
+    def examine(
         self,
-        spec: TableSpec,
-        year_month: YearMonth,
+        month: Month,
         *,
-        conn: psycopg.Connection[Any] | None = None,
+        conn: Session | None = None,
         latest: DeltaTableReader | None = None,
         deep: bool = False,
-    ) -> TableCheck:
+    ) -> CheckResult:
         """Never raises for a data or source problem: those become status `error`.
 
         `deep` recomputes the Delta side instead of trusting the digest the writer recorded.
         """
         if conn is None:
             # Not reaching Postgres at all is the caller's failure, not this month's status.
-            with self.db.connect() as own:
-                return self.check(spec, year_month, conn=own, latest=latest, deep=deep)
+            with self.db.session() as own:
+                return self.examine(month, conn=own, latest=latest, deep=deep)
         started = time.monotonic()
-        result = TableCheck(spec.name, str(year_month))
         try:
-            reader = latest or self.latest(spec)
-            self._check(conn, spec, year_month, reader, result, deep)
+            result = self._check(conn, month, latest or self.latest(month.spec), deep)
         except NotMigratedError:
             raise  # nothing can be compared in this database: the caller says so, once
         except ReplicationError as exc:
-            result.status, result.reason = Status.ERROR, str(exc)
-        except psycopg.Error as exc:
-            failure = self.db.translate(exc, "Postgres failed")
-            if isinstance(failure, NotMigratedError):
-                raise failure from None
-            result.status, result.reason = Status.ERROR, str(failure)
+            result = CheckResult(MonthRecord(month, Status.ERROR, str(exc)), deep)
         finally:
-            if not conn.closed:
-                conn.rollback()
-        result.duration_seconds = time.monotonic() - started
+            conn.rollback()
+        record = result.record
+        result = CheckResult(
+            dataclasses.replace(
+                record,
+                checked_at=dt.datetime.now(dt.UTC),
+                duration_seconds=time.monotonic() - started,
+            ),
+            deep,
+            result.work,
+            result.reanchor,
+            result.sync,
+        )
         logger.debug(
-            "checked %s %s: %s",
-            spec.name,
-            year_month,
-            result.status,
-            extra={"table": spec.name, "year_month": str(year_month), "status": result.status},
+            "checked %s: %s", month, record.status, extra={**month.log, "status": record.status}
         )
         return result
 
     def _check(
-        self,
-        conn: psycopg.Connection[Any],
-        spec: TableSpec,
-        year_month: YearMonth,
-        latest: DeltaTableReader,
-        result: TableCheck,
-        deep: bool,
-    ) -> None:
-        open_snapshot_transaction(conn, spec, self.limits)
-        state = read_sync_state(conn, spec.name, str(year_month))
+        self, conn: Session, month: Month, latest: DeltaTableReader, deep: bool
+    ) -> CheckResult:
+        open_snapshot_transaction(conn, month.spec, self.limits)
+        state = read_sync_state(conn, month)
         synced = state.delta_version if state else None
         landed_since = synced is not None and synced > latest.version
         if landed_since and state is not None and state.delta_table_id in (None, latest.table_id):
             # A replication landed after this snapshot of Delta was read: read it again.
-            latest = self.latest(spec)
-        result.delta_version = latest.version
-        result.replication_in_flight = replication_in_flight(conn, spec, year_month)
-        if state is not None:
-            result.synced_version = synced
-            result.consecutive_failures = state.consecutive_failures
-            if state.synced_at is not None:
-                result.last_sync_timestamp = state.synced_at.timestamp()
-        pg_columns = postgres_columns(conn, spec)
+            latest = self.latest(month.spec)
         schema = reconcile_schemas(
-            spec, latest.columns(), pg_columns, recorded=state.content_schema if state else None
+            month.spec,
+            latest.columns(),
+            postgres_columns(conn, month.spec),
+            recorded=state.content_schema if state else None,
         )
-        change = self._change(latest, state, year_month)
-        result.delta_change = change.kind.value if synced is not None else None
-        result.changed_version = change.since_version
-        postgres = PostgresSide(conn, schema, year_month, limits=self.limits)
-        contents = self._contents(postgres, schema, latest, state, change, year_month, deep)
-        result.work = contents.work
-        result.postgres_rows = contents.postgres_rows
+        seen = _Month(
+            month,
+            conn,
+            latest,
+            state,
+            replication_in_flight(conn, month),
+            schema,
+            _change(latest, state, month),
+        )
+        contents = self._contents(seen, deep)
+        facts = self._facts(seen, contents)
+        verdict = self._decide(facts, contents)
+        return CheckResult(
+            self._record(seen, verdict, facts, contents),
+            deep,
+            contents.work,
+            self._reanchor(seen, verdict, contents),
+            state,
+        )
+
+    def _facts(self, seen: _Month, contents: _Contents) -> MonthFacts:
+        state, latest = seen.state, seen.latest
         same_table = state is not None and state.delta_table_id in (None, latest.table_id)
-        facts = MonthFacts(
-            in_delta=latest.has_month(year_month),
+        counts = contents.counts()
+        return MonthFacts(
+            in_delta=latest.has_month(seen.month.year_month),
             postgres_rows=contents.postgres_rows,
-            synced_version=synced,
+            synced_version=seen.synced,
             latest_version=latest.version,
-            change=change.kind,
-            in_flight=result.replication_in_flight,
-            sync_ahead=synced is not None and synced > latest.version and same_table,
-            change_reason=change.reason,
-            schema_changed=contents.postgres_as_synced is not None,
-            **contents.counts(),
-        )
-        verdict = self._decide(facts, contents, postgres)
-        self._apply(result, verdict, facts, contents, change, latest, year_month, state, schema)
-
-    def _change(
-        self, latest: DeltaTableReader, state: SyncState | None, year_month: YearMonth
-    ) -> MonthChange:
-        if state is None or state.delta_version is None:
-            return MonthChange(
-                ChangeKind.CHANGED, pending_since=latest.month_written_at(year_month)
-            )
-        return latest.month_change(
-            year_month,
-            version=state.delta_version,
-            table_id=state.delta_table_id,
-            files=state.delta_files,
+            change=seen.change.kind,
+            in_flight=seen.in_flight,
+            sync_ahead=seen.synced is not None and seen.synced > latest.version and same_table,
+            change_reason=seen.change.reason,
+            schema_changed=Evidence.POSTGRES_AS_SYNCED in contents.sides,
+            postgres=counts[Evidence.POSTGRES],
+            postgres_as_synced=counts[Evidence.POSTGRES_AS_SYNCED],
+            as_synced=counts[Evidence.AS_SYNCED],
+            delta_now=counts[Evidence.DELTA_NOW],
         )
 
-    def _contents(
-        self,
-        postgres: PostgresSide,
-        schema: TableSchema,
-        latest: DeltaTableReader,
-        state: SyncState | None,
-        change: MonthChange,
-        year_month: YearMonth,
-        deep: bool,
-    ) -> _Contents:
+    def _contents(self, seen: _Month, deep: bool) -> _Contents:
         batch_rows = self.settings.postgres.batch_rows
         workers = self.settings.digest.delta_workers
-        delta_now = DeltaSide(latest, schema, year_month, batch_rows, workers=workers)
-        as_synced: MonthSide | None = None
-        postgres_as_synced: PostgresSide | None = None
+        month, schema, state = seen.month, seen.schema, seen.state
+        sides: dict[Evidence, MonthSide] = {
+            Evidence.POSTGRES: PostgresSide(seen.conn, schema, month, limits=self.limits),
+            Evidence.DELTA_NOW: DeltaSide(seen.latest, schema, month, batch_rows, workers=workers),
+        }
         if state is not None and state.delta_version is not None:
             recorded = RecordedSide.of(state)
             comparable = state.content_schema is None or same_content(state.content_schema, schema)
@@ -345,29 +360,26 @@ class Checker:
                 # Compare Postgres under the columns of the sync with what was recorded then.
                 old = schema.restricted_to(state.content_schema)
                 if old is not None:
-                    postgres_as_synced = PostgresSide(
-                        postgres.conn, old, year_month, limits=self.limits
+                    sides[Evidence.POSTGRES_AS_SYNCED] = PostgresSide(
+                        seen.conn, old, month, limits=self.limits
                     )
                 else:
                     recorded = None
-            if deep and change.kind is ChangeKind.CHANGED and comparable:
+            as_synced: MonthSide | None = None
+            if deep and seen.change.kind is ChangeKind.CHANGED and comparable:
                 # A deep check re-reads what the sync copied, when that version still exists.
-                held = latest.loadable_version(state.delta_version)
+                held = seen.latest.loadable_version(state.delta_version)
                 if held is not None:
-                    held_schema = reconcile_schemas(
-                        schema.spec, held.columns(), _columns_of(schema)
-                    )
-                    as_synced = _Readable(
-                        DeltaSide(held, held_schema, year_month, batch_rows, workers=workers),
-                        recorded,
-                    )
-            if as_synced is None and not (deep and change.kind is ChangeKind.UNCHANGED):
+                    held_schema = reconcile_schemas(month.spec, held.columns(), _columns_of(schema))
+                    old_side = DeltaSide(held, held_schema, month, batch_rows, workers=workers)
+                    as_synced = _Readable(old_side, recorded)
+            if as_synced is None and not (deep and seen.change.kind is ChangeKind.UNCHANGED):
                 as_synced = recorded
-        return _Contents(
-            postgres, postgres_as_synced, as_synced, delta_now, latest.month_row_count(year_month)
-        )
+            if as_synced is not None:
+                sides[Evidence.AS_SYNCED] = as_synced
+        return _Contents(sides, seen.latest.month_row_count(month.year_month))
 
-    def _decide(self, facts: MonthFacts, contents: _Contents, postgres: PostgresSide) -> Verdict:
+    def _decide(self, facts: MonthFacts, contents: _Contents) -> Verdict:
         if not needs_content(facts):
             return classify(facts)
         for _ in range(len(Evidence) + 1):
@@ -375,67 +387,92 @@ class Checker:
                 return classify(facts)
             except Undecided as undecided:
                 if not self._hash_verified:
+                    postgres = contents.sides[Evidence.POSTGRES]
+                    assert isinstance(postgres, PostgresSide)
                     postgres.verify_hash_function()
                     self._hash_verified = True
-                facts = with_digests(facts, **contents.compute(undecided.needed))
+                facts = with_digests(facts, contents.compute(undecided.needed))
         raise RuntimeError("classify kept asking for digests it was given")  # a bug, not data
 
-    def _apply(
-        self,
-        result: TableCheck,
-        verdict: Verdict,
-        facts: MonthFacts,
-        contents: _Contents,
-        change: MonthChange,
-        latest: DeltaTableReader,
-        year_month: YearMonth,
-        state: SyncState | None,
-        schema: TableSchema,
-    ) -> None:
-        result.status, result.reason = verdict.status, verdict.reason
-        digests = contents.digests
-        expected = digests.get("delta_now") or digests.get("as_synced")
+    def _record(
+        self, seen: _Month, verdict: Verdict, facts: MonthFacts, contents: _Contents
+    ) -> MonthRecord:
+        digests, state = contents.digests, seen.state
+        expected = digests.get(Evidence.DELTA_NOW) or digests.get(Evidence.AS_SYNCED)
+        source: DigestSource | None = None
         if expected is not None:
-            result.delta_digest = expected.hex
-            recorded = isinstance(contents.as_synced, RecordedSide) or (
-                isinstance(contents.as_synced, _Readable) and contents.as_synced.fell_back
-            )
-            result.delta_digest_source = (
-                "recorded" if "delta_now" not in digests and recorded else "computed"
-            )
-        if "postgres" in digests:
-            result.postgres_digest = digests["postgres"].hex
+            recorded = Evidence.DELTA_NOW not in digests and contents.recorded_digest_used
+            source = DigestSource.RECORDED if recorded else DigestSource.COMPUTED
+        postgres = digests.get(Evidence.POSTGRES)
         # The rows of the Delta content Postgres was compared with.
-        compared = digests.get("delta_now") or facts.as_synced or facts.delta_now
-        result.delta_rows = compared.rows if compared is not None else None
+        compared = digests.get(Evidence.DELTA_NOW) or facts.as_synced or facts.delta_now
+        lag = 0.0
+        change = seen.change
         if verdict.status in (Status.LAGGING, Status.MISSING) and change.changed:
             pending = change.pending_since
             if change.kind is ChangeKind.UNKNOWN and state is not None:
-                pending = _first_file_after(latest, year_month, state)
-            result.lag_seconds = MonthChange(change.kind, pending_since=pending).lag_seconds()
-        if verdict.verified and state is not None and "delta_now" in digests:
-            now = digests["delta_now"]
-            anchor = Anchor(
-                delta_version=latest.version,
-                delta_table_id=latest.table_id,
-                delta_files=latest.month_fingerprint(year_month),
-                content_schema=schema.content_schema,
-                content_digest=now.hex,
-                row_count=now.rows,
-            )
-            held = (state.delta_table_id, state.delta_files, state.content_schema)
-            fresh = (anchor.delta_table_id, anchor.delta_files, anchor.content_schema)
-            if held != fresh or state.content_digest != anchor.content_digest:
-                result.reanchor, result.reanchor_from = anchor, state
+                pending = _first_file_after(seen.latest, seen.month.year_month, state)
+            lag = MonthChange(change.kind, pending_since=pending).lag_seconds()
+        return MonthRecord(
+            seen.month,
+            verdict.status,
+            verdict.reason,
+            delta_version=seen.latest.version,
+            synced_version=seen.synced,
+            delta_rows=compared.rows if compared is not None else None,
+            postgres_rows=contents.postgres_rows,
+            delta_digest=expected.hex if expected is not None else None,
+            postgres_digest=postgres.hex if postgres is not None else None,
+            delta_digest_source=source,
+            delta_change=change.kind if seen.synced is not None else None,
+            changed_version=change.since_version,
+            replication_in_flight=seen.in_flight,
+            lag_seconds=lag,
+            last_sync_at=state.synced_at if state else None,
+            consecutive_failures=state.consecutive_failures if state else 0,
+            last_failure=state.last_failure_reason if state else None,
+        )
+
+    def _reanchor(self, seen: _Month, verdict: Verdict, contents: _Contents) -> Reanchor | None:
+        now = contents.digests.get(Evidence.DELTA_NOW)
+        state, latest = seen.state, seen.latest
+        if not verdict.verified or state is None or now is None:
+            return None
+        anchor = Anchor(
+            delta_version=latest.version,
+            delta_table_id=latest.table_id,
+            delta_files=latest.month_fingerprint(seen.month.year_month),
+            content_schema=seen.schema.content_schema,
+            content_digest=now.hex,
+            row_count=now.rows,
+        )
+        held = (state.delta_table_id, state.delta_files, state.content_schema)
+        fresh = (anchor.delta_table_id, anchor.delta_files, anchor.content_schema)
+        if held != fresh or state.content_digest != anchor.content_digest:
+            return Reanchor(anchor, state)
+        return None
 
     def check_month(
         self, year_month: YearMonth, tables: tuple[TableSpec, ...], *, deep: bool = False
     ) -> MonthCheck:
-        with self.db.connect() as conn:
+        with self.db.session() as conn:
             return MonthCheck(
-                str(year_month),
-                [self.check(spec, year_month, conn=conn, deep=deep) for spec in tables],
+                year_month,
+                [self.examine(Month.of(spec, year_month), conn=conn, deep=deep) for spec in tables],
             )
+
+
+def _change(latest: DeltaTableReader, state: SyncState | None, month: Month) -> MonthChange:
+    if state is None or state.delta_version is None:
+        return MonthChange(
+            ChangeKind.CHANGED, pending_since=latest.month_written_at(month.year_month)
+        )
+    return latest.month_change(
+        month.year_month,
+        version=state.delta_version,
+        table_id=state.delta_table_id,
+        files=state.delta_files,
+    )
 
 
 def _columns_of(schema: TableSchema) -> list[tuple[str, str, bool]]:

@@ -14,10 +14,10 @@ from pathlib import Path
 import click
 
 from reconciler import __version__
-from reconciler.check import Checker, MonthCheck, TableCheck
-from reconciler.daemon import Daemon, Overrides
-from reconciler.demo import run_demo
-from reconciler.diff import KINDS, Differ, Difference, DiffResult, text_of
+from reconciler.check import Checker, CheckResult, MonthCheck
+from reconciler.daemon import Daemon
+from reconciler.demo import DemoOptions, run_demo
+from reconciler.diff import Differ, Difference, DiffResult, Kind, text_of
 from reconciler.migrate import migrate as apply_migrations
 from reconciler.repair import Repairer
 from reconciler.status import build_status
@@ -25,11 +25,13 @@ from reconciler.verdict import Status
 from replicator.config import (
     DEFAULT_METRICS_ADDR,
     ConfigError,
+    Layout,
     Settings,
     TableSpec,
     parse_host_port,
+    with_overrides,
 )
-from replicator.layout import Layout
+from replicator.month import Month
 from replicator.options import (
     EXIT_ERROR,
     EXIT_FINDING,
@@ -108,17 +110,19 @@ def migrate(
         )
 
 
-def _note(check: TableCheck) -> str:
+def _note(check: CheckResult) -> str:
     """What a person needs to know about one table's month, said once."""
-    note = check.reason
-    if check.status is Status.LAGGING and check.lag_seconds > 0:
+    record = check.record
+    note = record.reason
+    if record.status is Status.LAGGING and record.lag_seconds > 0:
         note += (
-            f"; Postgres holds version {check.synced_version}, pending for {age(check.lag_seconds)}"
+            f"; Postgres holds version {record.synced_version}, pending for "
+            f"{age(record.lag_seconds)}"
         )
-    elif check.status is Status.MISSING and check.lag_seconds > 0:
-        note += f" (for {age(check.lag_seconds)})"
+    elif record.status is Status.MISSING and record.lag_seconds > 0:
+        note += f" (for {age(record.lag_seconds)})"
     if check.reanchor is not None:
-        note += f"; sync state can be re-anchored to version {check.reanchor.delta_version}"
+        note += f"; sync state can be re-anchored to version {check.reanchor.anchor.delta_version}"
     return note
 
 
@@ -127,14 +131,22 @@ def _rows(value: int | None) -> str:
 
 
 def _print_check(month: MonthCheck) -> None:
-    in_sync = sum(1 for t in month.tables if t.status is Status.IN_SYNC)
+    in_sync = sum(1 for t in month.results if t.status is Status.IN_SYNC)
+    tables = len(month.results)
     click.echo(
-        f"{month.year_month}: {month.status} ({in_sync} of {len(month.tables)} tables in sync)"
+        f"{month.year_month}: {month.status} ({in_sync} of {tables} "
+        f"{'table' if tables == 1 else 'tables'} in sync)"
     )
     header = ("table", "status", "Delta rows", "Postgres rows", "note")
     rows = [header] + [
-        (t.table, str(t.status), _rows(t.delta_rows), _rows(t.postgres_rows), _note(t))
-        for t in month.tables
+        (
+            t.record.table,
+            str(t.status),
+            _rows(t.record.delta_rows),
+            _rows(t.record.postgres_rows),
+            _note(t),
+        )
+        for t in month.results
     ]
     for line in render_table(rows):
         click.echo("  " + line.rstrip())
@@ -156,7 +168,7 @@ def _print_check(month: MonthCheck) -> None:
 )
 @json_option
 @settings_options
-def check(
+def check(  # noqa: PLR0913 (click passes every option of the command as an argument)
     year_month: YearMonth,
     tables: tuple[str, ...],
     deep: bool,
@@ -174,7 +186,7 @@ def check(
     db, specs = _prepare(settings, tables)
     month = Checker(db, settings).check_month(year_month, specs, deep=deep)
     if as_json:
-        emit_json(month.as_dict())
+        emit_json(month.as_json())
     else:
         _print_check(month)
     raise SystemExit(exit_code(month.status))
@@ -185,14 +197,17 @@ def _key_text(difference: Difference) -> str:
 
 
 def _value_text(value: str | int | bool | None) -> str:
-    """NULL, a quoted string (whitespace shows), or a number or flag as is."""
+    """NULL, a number or flag as is, text bare (as docs/cli.md shows it), quoted only where bare
+    text would mislead: empty, with whitespace at either end, or the word NULL."""
     if value is None:
         return "NULL"
-    return json.dumps(value) if isinstance(value, str) else str(text_of(value))
+    if isinstance(value, str) and (not value or value != value.strip() or value == "NULL"):
+        return json.dumps(value)
+    return str(text_of(value))
 
 
 def _print_diff(result: DiffResult) -> None:
-    counts = ", ".join(f"{result.totals[k]} {k.replace('_', ' ')}" for k in KINDS)
+    counts = ", ".join(f"{result.totals[k]} {k.value.replace('_', ' ')}" for k in Kind)
     click.echo(
         f"{result.table} {result.year_month}: Postgres against {result.compared_with}: "
         f"{result.found} differing key(s): {counts}"
@@ -201,15 +216,9 @@ def _print_diff(result: DiffResult) -> None:
         click.echo(
             f"  (listing {len(result.listed)} of {result.found}; --limit, or --output FILE for all)"
         )
-    labels = {
-        "only_in_delta": "only in Delta",
-        "only_in_postgres": "only in Postgres",
-        "duplicated": "duplicated",
-        "changed": "changed",
-    }
     for difference in result.listed:
-        line = f"  {labels[difference.kind]:<17} {_key_text(difference)}"
-        if difference.kind == "duplicated":
+        line = f"  {difference.kind.label:<17} {_key_text(difference)}"
+        if difference.kind is Kind.DUPLICATED:
             line += (
                 f"  ({difference.delta_copies} in Delta, {difference.postgres_copies} in Postgres)"
             )
@@ -243,7 +252,7 @@ def _print_diff(result: DiffResult) -> None:
 )
 @json_option
 @settings_options
-def diff(
+def diff(  # noqa: PLR0913 (click passes every option of the command as an argument)
     year_month: YearMonth,
     table: str,
     limit: int,
@@ -262,7 +271,7 @@ def diff(
         fail(f"--output must end in .parquet or .csv, got {output.name!r}")
     settings = build_settings(dsn, delta_root, config_path)
     db, specs = _prepare(settings, (table,))
-    result = Differ(db, settings).diff(specs[0], year_month, limit=limit, output=output)
+    result = Differ(db, settings).diff(Month.of(specs[0], year_month), limit=limit, output=output)
     if as_json:
         emit_json(result.as_dict())
     else:
@@ -285,7 +294,7 @@ def diff(
 @click.option("--force", is_flag=True, help="Rewrite the month even when it is in sync.")
 @json_option
 @settings_options
-def repair(
+def repair(  # noqa: PLR0913 (click passes every option of the command as an argument)
     year_month: YearMonth,
     tables: tuple[str, ...],
     dry_run: bool,
@@ -302,23 +311,25 @@ def repair(
     json_context(year_month=year_month)
     settings = build_settings(dsn, delta_root, config_path)
     db, specs = _prepare(settings, tables)
-    repairer = Repairer(Checker(db, settings), settings, db, actor=f"cli:{getpass.getuser()}")
-    results = [repairer.repair(spec, year_month, dry_run=dry_run, force=force) for spec in specs]
+    repairer = Repairer(Checker(db, settings), settings, actor=f"cli:{getpass.getuser()}")
+    results = [
+        repairer.repair(Month.of(spec, year_month), dry_run=dry_run, force=force) for spec in specs
+    ]
     errors = [r.message for r in results if r.status_before is Status.ERROR]
-    ok = all(r.outcome in ("repaired", "reanchored", "skipped", "dry_run") for r in results)
+    ok = all(r.succeeded for r in results)
     if as_json:
         document = {
             "year_month": str(year_month),
             "dry_run": dry_run,
             "status": "error" if errors else "ok" if ok else "not_in_sync",
-            "tables": [r.as_dict() for r in results],
+            "tables": [r.as_json() for r in results],
         }
         emit_json({**document, "error": errors[0]} if errors else document)
     else:
         for r in results:
             after = f" -> {r.status_after}" if r.status_after else ""
             click.echo(
-                f"{r.table} {r.year_month}: {r.outcome} ({r.status_before}{after})"
+                f"{r.month}: {r.outcome} ({r.status_before}{after})"
                 + (f": {r.message}" if r.message else "")
             )
     if errors:
@@ -343,14 +354,16 @@ def repair(
     f"{DEFAULT_METRICS_ADDR}).",
 )
 @click.option(
+    "--web.config.file",
     "--web-config-file",
+    "web_config_file",
     metavar="PATH",
     default=None,
     help="Prometheus web configuration file: TLS and basic auth for /metrics, as every "
     "official exporter reads it (default: daemon.web_config_file).",
 )
 @settings_options
-def run(
+def run(  # noqa: PLR0913 (click passes every option of the command as an argument)
     once: bool,
     interval: float | None,
     auto_repair: bool | None,
@@ -366,18 +379,33 @@ def run(
             parse_host_port(metrics_addr)
         except ConfigError as exc:
             fail(str(exc))
-    settings = build_settings(dsn, delta_root, config_path)
+    daemon_changes = {
+        key: value
+        for key, value in (
+            ("interval_seconds", interval),
+            ("metrics_addr", metrics_addr),
+            ("web_config_file", web_config_file),
+        )
+        if value is not None
+    }
+    repair_changes = {} if auto_repair is None else {"enabled": auto_repair}
+
+    def load() -> Settings:
+        """The configuration with the command line's choices, at start and on every reload."""
+        return with_overrides(
+            build_settings(dsn, delta_root, config_path),
+            daemon=daemon_changes,
+            auto_repair=repair_changes,
+        )
+
+    settings = load()
     try:
         settings.require_dsn()
     except ConfigError as exc:
         fail(f"{exc}: the reconciler cannot start without Postgres")
     if settings.daemon.json_logs:
         configure_logging(json_logs=True)
-
-    def reload() -> Settings:
-        return build_settings(dsn, delta_root, config_path)
-
-    daemon = Daemon(reload, Overrides(interval, auto_repair, metrics_addr, web_config_file))
+    daemon = Daemon(load)
     daemon.install_signal_handlers()
     server = None
     if not once or metrics_addr:
@@ -388,7 +416,7 @@ def run(
         if server is not None:
             server.stop()
     if once:
-        statuses = [m.status for m in daemon.months.values()]
+        statuses = [m.record.status for m in daemon.months.values()]
         if not all(summary.sources_up.values()) or Status.ERROR in statuses:
             raise SystemExit(EXIT_ERROR)
         in_sync = all(s is Status.IN_SYNC for s in statuses)
@@ -420,7 +448,7 @@ def status(
     db, _ = _prepare(settings, ())
     report = build_status(db, settings)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(report.as_json())
     else:
         click.echo(report.render())
     if report.errors:
@@ -465,11 +493,13 @@ def demo(
         fail(str(exc))
     try:
         run_demo(
-            directory,
-            fresh=fresh,
-            keep_running=keep_running,
-            metrics_addr=metrics_addr,
-            verbose=bool(ctx.meta.get("verbose")),
+            DemoOptions(
+                directory,
+                metrics_addr,
+                fresh=fresh,
+                keep_running=keep_running,
+                verbose=bool(ctx.meta.get("verbose")),
+            )
         )
     except OSError as exc:
         fail(f"demo failed: {exc}")

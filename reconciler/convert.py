@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from replicator.config import TableSpec
 from replicator.errors import InputError, PostgresError
 from replicator.layout import Layout, table_layout
-from replicator.postgres import Database
+from replicator.postgres import LOCK_NOT_AVAILABLE, Database, Session
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
@@ -53,7 +51,7 @@ def partition_name(spec: TableSpec, month: str) -> str:
 def convert_to_partitioned(db: Database, spec: TableSpec) -> bool:
     """Converts the table; False when it is partitioned already."""
     table = sql.Identifier(spec.postgres_schema, spec.postgres_table)
-    with db.connect() as conn, db.errors(f"converting {spec.qualified_name}"):
+    with db.session() as conn:
         if table_layout(conn, spec) is Layout.PARTITIONED:
             return False
         _refuse_what_would_not_carry_over(conn, spec)
@@ -76,7 +74,7 @@ def convert_to_partitioned(db: Database, spec: TableSpec) -> bool:
     return True
 
 
-def _refuse_what_would_not_carry_over(conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+def _refuse_what_would_not_carry_over(conn: Session, spec: TableSpec) -> None:
     row = conn.execute(
         "SELECT (SELECT count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid"
         "        AND NOT t.tgisinternal),"
@@ -104,19 +102,19 @@ def _refuse_what_would_not_carry_over(conn: psycopg.Connection[Any], spec: Table
         )
 
 
-def _month_lock(conn: psycopg.Connection[Any], spec: TableSpec, month: str) -> None:
+def _month_lock(conn: Session, spec: TableSpec, month: str) -> None:
     conn.execute(
         "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(%s), %s)",
         (spec.qualified_name, YearMonth.parse(month).lock_key),
     )
 
 
-def _months(conn: psycopg.Connection[Any], table: sql.Identifier) -> list[str]:
+def _months(conn: Session, table: sql.Identifier) -> list[str]:
     query = sql.SQL("SELECT DISTINCT year_month FROM {} ORDER BY 1").format(table)
     return [row[0] for row in conn.execute(query)]
 
 
-def _copies(conn: psycopg.Connection[Any], spec: TableSpec) -> dict[str, str]:
+def _copies(conn: Session, spec: TableSpec) -> dict[str, str]:
     """The copies a conversion made (or an interrupted one left), by month."""
     rows = conn.execute(
         "SELECT k.consrc_month, c.relname FROM pg_catalog.pg_class c"
@@ -131,7 +129,7 @@ def _copies(conn: psycopg.Connection[Any], spec: TableSpec) -> dict[str, str]:
     return {str(month): str(name) for month, name in rows if month}
 
 
-def _index_definitions(conn: psycopg.Connection[Any], table: str) -> list[tuple[bool, str]]:
+def _index_definitions(conn: Session, table: str) -> list[tuple[bool, str]]:
     """(unique, ' USING method (columns) ...') of every index of `table`."""
     rows = conn.execute(
         "SELECT i.indisunique, substring(pg_catalog.pg_get_indexdef(i.indexrelid)"
@@ -141,9 +139,7 @@ def _index_definitions(conn: psycopg.Connection[Any], table: str) -> list[tuple[
     return [(bool(unique), str(tail)) for unique, tail in rows]
 
 
-def _copy_month(
-    conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifier, month: str
-) -> None:
+def _copy_month(conn: Session, spec: TableSpec, table: sql.Identifier, month: str) -> None:
     """(Re)creates the month's future partition with a copy of its rows; no commit."""
     name = partition_name(spec, month)
     part = sql.Identifier(spec.postgres_schema, name)
@@ -173,7 +169,7 @@ def _copy_month(
     conn.execute(sql.SQL("ANALYZE {}").format(part))
 
 
-def _drop_leftover(conn: psycopg.Connection[Any], schema: str, name: str) -> None:
+def _drop_leftover(conn: Session, schema: str, name: str) -> None:
     """Drops a copy an interrupted conversion left; refuses to touch any other table."""
     row = conn.execute(
         "SELECT c.relispartition, EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k"
@@ -193,7 +189,7 @@ def _drop_leftover(conn: psycopg.Connection[Any], schema: str, name: str) -> Non
 
 
 def _checksums(
-    conn: psycopg.Connection[Any], source: sql.Composable, month: str | None = None
+    conn: Session, source: sql.Composable, month: str | None = None
 ) -> dict[str, tuple[int, int]]:
     """Rows and a checksum of their text per month (the same server, the same columns in the
     same order on both sides, so equal rows give equal text)."""
@@ -206,7 +202,7 @@ def _checksums(
     return {row[0]: (int(row[1]), int(row[2])) for row in rows}
 
 
-def _swap_in(conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifier) -> float:
+def _swap_in(conn: Session, spec: TableSpec, table: sql.Identifier) -> float:
     """The final transaction (see the module docstring); returns how long readers waited."""
     schema = spec.postgres_schema
     parent_name = f"{spec.postgres_table[:48]}__partitioned"
@@ -227,8 +223,7 @@ def _swap_in(conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifi
         if copied != expected[month]:
             logger.info("%s: %s changed during the copy; copying it again", spec.name, month)
             _copy_month(conn, spec, table, month)
-    leftover = conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{schema}.{parent_name}",))
-    if (leftover.fetchone() or (None,))[0] is not None:
+    if conn.scalar("SELECT pg_catalog.to_regclass(%s)", (f"{schema}.{parent_name}",)) is not None:
         conn.execute(sql.SQL("DROP TABLE {}").format(parent))  # an interrupted conversion's
     conn.execute(
         sql.SQL(
@@ -259,9 +254,7 @@ def _swap_in(conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifi
     return _rename(conn, spec, table, parent)
 
 
-def _rename(
-    conn: psycopg.Connection[Any], spec: TableSpec, table: sql.Identifier, parent: sql.Identifier
-) -> float:
+def _rename(conn: Session, spec: TableSpec, table: sql.Identifier, parent: sql.Identifier) -> float:
     """The names swapped and the old table dropped, from a savepoint: a rename that waits past
     lock_timeout for running readers is retried without redoing the scans; commits."""
     old_name = f"{spec.postgres_table[:48]}__plain_old"
@@ -281,7 +274,9 @@ def _rename(
                 )
                 dropped = sql.Identifier(spec.postgres_schema, old_name)
                 conn.execute(sql.SQL("DROP TABLE {}").format(dropped))
-        except psycopg.errors.LockNotAvailable:
+        except PostgresError as exc:
+            if exc.sqlstate != LOCK_NOT_AVAILABLE:
+                raise
             logger.warning(
                 "%s: readers held the table past lock_timeout %s (attempt %d of %d)",
                 spec.qualified_name,

@@ -2,7 +2,8 @@
 the loop with its back-off, the leader-lease thread and the metrics endpoint.
 
 What one cycle does lives in `reconciler.cycle`; what to compare in `reconciler.planner`; when
-to repair in `reconciler.autorepair`.
+to repair in `reconciler.autorepair`. Command-line choices reach the daemon inside the settings
+(`config.with_overrides`), so that a reload keeps them.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 
 from exporter.metrics import DaemonView, Metrics
 from exporter.server import MetricsAddressError, MetricsServer
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 from reconciler import __version__
-from reconciler.cycle import CycleSummary, Reconciler
+from reconciler.context import Context
+from reconciler.cycle import Reconciler
 from reconciler.leader import LeaderLock
+from reconciler.leading import CycleSummary
 from reconciler.monthstate import MonthStates
 from replicator.config import ConfigError, Settings, parse_host_port
 from replicator.errors import InputError, ReplicationError
@@ -28,97 +30,72 @@ from replicator.postgres import Database
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Overrides:
-    """Command-line choices that outlive a configuration reload."""
+def _web_config(settings: Settings) -> WebConfig:
+    try:
+        return load_web_config(settings.daemon.web_config_file)
+    except WebConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
-    interval_seconds: float | None = None
-    auto_repair: bool | None = None
-    metrics_addr: str | None = None
-    web_config_file: str | None = None
+
+def _leader(settings: Settings) -> LeaderLock:
+    db = Database(settings.require_dsn(), connect_timeout=settings.postgres.connect_timeout_seconds)
+    return LeaderLock(db, lease_seconds=settings.daemon.leader_lease_seconds)
 
 
 class Daemon:
-    def __init__(self, load_settings: Callable[[], Settings], overrides: Overrides) -> None:
+    def __init__(self, load_settings: Callable[[], Settings]) -> None:
         self._load_settings = load_settings
-        self.overrides = overrides
-        self.settings = load_settings()
+        settings = load_settings()
+        self.web = _web_config(settings)  # checked before anything starts
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()  # ends the wait between cycles (stop, reload)
         self._failures = 0
         self.server: MetricsServer | None = None
-        self.web = self._web_config(self.settings)  # checked before anything starts
-        self.reconciler = Reconciler(Metrics(self.view, __version__))
-        self.leader = self._new_leader()
-        self._configure()
-
-    # -- configuration -------------------------------------------------------------------
-    def _new_leader(self) -> LeaderLock:
-        db = Database(
-            self.settings.require_dsn(),
-            connect_timeout=self.settings.postgres.connect_timeout_seconds,
-        )
-        return LeaderLock(db, lease_seconds=self.settings.daemon.leader_lease_seconds)
-
-    def _configure(self) -> None:
-        self.reconciler.configure(
-            self.settings,
-            self.leader,
-            auto_repair=self.auto_repair_enabled,
-            interval=self.interval,
+        self.reconciler = Reconciler(
+            Metrics(self.view, __version__), Context.build(settings, _leader(settings))
         )
 
     @property
-    def interval(self) -> float:
-        return self.overrides.interval_seconds or self.settings.daemon.interval_seconds
+    def settings(self) -> Settings:
+        return self.reconciler.context.settings
 
     @property
-    def auto_repair_enabled(self) -> bool:
-        if self.overrides.auto_repair is not None:
-            return self.overrides.auto_repair
-        return self.settings.auto_repair.enabled
-
-    @property
-    def metrics_addr(self) -> str:
-        return self.overrides.metrics_addr or self.settings.daemon.metrics_addr
-
-    def _web_config(self, settings: Settings) -> WebConfig:
-        path = self.overrides.web_config_file or settings.daemon.web_config_file
-        try:
-            return load_web_config(path)
-        except WebConfigError as exc:
-            raise ConfigError(str(exc)) from None
+    def leader(self) -> LeaderLock:
+        return self.reconciler.context.leader
 
     def reload(self) -> None:
         """SIGHUP: everything is read again (the DSN file, the web config with its password and
         certificates); only the listen address needs a restart, and says so."""
         try:
-            settings = self._load_settings()
-            web = self._web_config(settings)
+            self.apply(self._load_settings())
         except (ValueError, OSError, ReplicationError) as exc:
             logger.error("configuration reload failed, keeping the old one: %s", exc)
             return
-        old_addr = self.metrics_addr
-        same_database = settings.require_dsn().same_as(self.settings.require_dsn())
-        lease = settings.daemon.leader_lease_seconds
-        same_lease = lease == self.settings.daemon.leader_lease_seconds
-        self.settings, self.web = settings, web
+        logger.info("configuration reloaded")
+
+    def apply(self, settings: Settings) -> None:
+        """Works with `settings` from now on (what a reload does once it has read them)."""
+        web = _web_config(settings)
+        old = self.settings
+        same_database = settings.require_dsn().same_as(old.require_dsn())
+        same_lease = settings.daemon.leader_lease_seconds == old.daemon.leader_lease_seconds
+        leader = self.leader
         if not (same_database and same_lease):  # else the lock stays: no needless failover
-            self.leader.release()
-            self.leader = self._new_leader()
-        self._configure()
+            leader.release()
+            leader = _leader(settings)
+        self.web = web
+        self.reconciler.configure(Context.build(settings, leader))
         if self.server is not None:
             self.server.reload(web)
-            if self.metrics_addr != old_addr:
+            if settings.daemon.metrics_addr != old.daemon.metrics_addr:
                 logger.warning(
                     "daemon.metrics_addr changed from %s to %s: needs a restart (still serving"
                     " on %s)",
-                    old_addr,
-                    self.metrics_addr,
-                    old_addr,
+                    old.daemon.metrics_addr,
+                    settings.daemon.metrics_addr,
+                    old.daemon.metrics_addr,
                 )
-        logger.info("configuration reloaded")
 
     # -- what the exporter and the probes see --------------------------------------------
     @property
@@ -155,7 +132,7 @@ class Daemon:
         self._wake.set()
 
     def serve_metrics(self) -> MetricsServer:
-        host, port = parse_host_port(self.metrics_addr)
+        host, port = parse_host_port(self.settings.daemon.metrics_addr)
         try:
             server = MetricsServer(
                 self.metrics.registry,
@@ -192,7 +169,7 @@ class Daemon:
                 self._failures = 0 if healthy else self._failures + 1
                 # Back off while a source is down, but never so long that recovery takes
                 # more than a few cycles.
-                wait = self.interval * min(2**self._failures, 4)
+                wait = self.reconciler.context.interval * min(2**self._failures, 4)
                 self._wake.wait(wait)
                 self._wake.clear()
         finally:

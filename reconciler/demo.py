@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-import psycopg
 
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from reconciler.diff import Differ
 from reconciler.migrate import migrate
 from reconciler.sample import GENERATORS, write_delta_month
@@ -40,6 +39,7 @@ from replicator.config import (
     load_settings,
 )
 from replicator.errors import InputError
+from replicator.month import Month
 from replicator.options import age
 from replicator.postgres import Database
 from replicator.writer import MonthWriter
@@ -182,7 +182,7 @@ class Demo:
         (self.directory / "demo.env").write_text(
             f"export POSTGRES_DSN='{uri}'\nexport SIGNALS_DELTA_ROOT='{settings.delta.root}'\n"
         )
-        daemon = Daemon(lambda: settings, Overrides())
+        daemon = Daemon(lambda: settings)
         server = daemon.serve_metrics()
         try:
             self.say("the reconciler daemon compares every month, Delta against Postgres")
@@ -224,21 +224,22 @@ class Demo:
     def _statuses(self, daemon: Daemon) -> None:
         counts: dict[str, int] = {}
         for state in daemon.months.values():
-            counts[str(state.status)] = counts.get(str(state.status), 0) + 1
+            status = str(state.record.status)
+            counts[status] = counts.get(status, 0) + 1
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         self.line(f"{len(daemon.months)} months: {summary}")
 
     def _drift(self, settings: Settings, db: Database, daemon: Daemon, month: YearMonth) -> None:
         spec = settings.table("ranking_signal")
         self.say(f"someone edits {spec.name} {month} directly in Postgres (2 rows)")
-        with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        with db.session(autocommit=True) as conn:
             conn.execute(
                 "UPDATE ranking.ranking_signal SET value = value * 1.000001"
                 " WHERE year_month = %s AND entity_id = 'entity-0' AND rank IN (0, 1)",
                 (str(month),),
             )
         # What on-call would run: the daemon's repair waits while we look.
-        found = Differ(db, settings).diff(spec, month, limit=2)
+        found = Differ(db, settings).diff(Month.of(spec, month), limit=2)
         self.line(f"`reconciler diff` shows what changed ({found.found} rows):")
         for difference in found.listed:
             key = ", ".join(f"{k}={v}" for k, v in difference.key.items())
@@ -255,14 +256,16 @@ class Demo:
         self.say(f"the ranking job rewrites {spec.name} {month} in Delta; no replication yet")
         data = GENERATORS[spec.name](month, ROWS[spec.name] + 500, seed=7)
         write_delta_month(settings.table_uri(spec), month, data)
-        key = (spec.name, str(month))
+        key = Month.of(spec, month)
         self._cycle_until(
-            daemon, lambda: daemon.months[key].status is Status.LAGGING, "the daemon compares"
+            daemon,
+            lambda: daemon.months[key].record.status is Status.LAGGING,
+            "the daemon compares",
         )
-        state = daemon.months[key]
+        record = daemon.months[key].record
         self.line(
-            f"{spec.name} {month}: lagging, not drift: {state.reason}, pending for "
-            f"{age(state.lag_seconds)}"
+            f"{spec.name} {month}: lagging, not drift: {record.reason}, pending for "
+            f"{age(record.lag_seconds)}"
         )
         result = MonthWriter(settings, run_id="demo-job").write_month(spec, month)
         self.line(
@@ -270,18 +273,18 @@ class Demo:
         )
         self._cycle_until(
             daemon,
-            lambda: all(m.status is Status.IN_SYNC for m in daemon.months.values()),
+            lambda: all(m.record.in_sync for m in daemon.months.values()),
             "the daemon compares",
         )
         self.line("every month in sync again")
 
     @staticmethod
     def _audited(db: Database) -> list[Any]:
-        with psycopg.connect(db.conninfo()) as conn:
-            return conn.execute(
+        with db.session() as conn:
+            return conn.fetchall(
                 "SELECT table_name, year_month, status_before, outcome, rows_after"
                 " FROM ranking.repair_audit WHERE outcome = 'repaired' ORDER BY id"
-            ).fetchall()
+            )
 
     @staticmethod
     def _cycle_until(daemon: Daemon, done: Callable[[], object], _: str) -> None:
@@ -302,17 +305,22 @@ class Demo:
         self.line(f"try: source {env}; reconciler check --year-month {month}; reconciler status")
 
 
-def run_demo(
-    directory: Path,
-    *,
-    fresh: bool,
-    keep_running: bool,
-    metrics_addr: str,
-    verbose: bool = False,
-    months: int = 3,
-) -> None:
-    with demo_folder(directory, fresh=fresh):
-        Demo(directory, metrics_addr, months).run(keep_running, verbose)
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `reconciler demo` was asked for."""
+
+    directory: Path
+    metrics_addr: str
+    fresh: bool = True
+    keep_running: bool = False
+    verbose: bool = False
+    months: int = 3
 
 
-__all__ = ["run_demo"]
+def run_demo(options: DemoOptions) -> None:
+    with demo_folder(options.directory, fresh=options.fresh):
+        demo = Demo(options.directory, options.metrics_addr, options.months)
+        demo.run(options.keep_running, options.verbose)
+
+
+__all__ = ["DemoOptions", "run_demo"]

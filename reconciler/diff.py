@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
+import enum
 import logging
 import math
 import tempfile
@@ -31,12 +32,13 @@ import pyarrow.parquet as pq
 
 from reconciler.check import open_snapshot_transaction
 from reconciler.sides import DeltaSide, PostgresSide, QueryLimits, SideRow
-from replicator.config import Settings, TableSpec, load_settings
+from replicator.config import Settings, load_settings
 from replicator.delta import ChangeKind, DeltaTableReader
 from replicator.errors import InputError, ReplicationError
+from replicator.month import Month
 from replicator.postgres import Database
 from replicator.schema import Column, Encoding, TableSchema, postgres_columns, reconcile_schemas
-from replicator.syncstate import read_sync_state
+from replicator.syncstate import SyncState, read_sync_state
 from replicator.yearmonth import YearMonth
 
 if TYPE_CHECKING:
@@ -49,7 +51,27 @@ ROWS_PER_PASS = 200_000
 # Rows per bucket aimed at: more buckets for bigger months, so a few changed rows fetch little.
 ROWS_PER_BUCKET = 64
 MAX_BUCKETS = 65_536
-KINDS = ("only_in_delta", "only_in_postgres", "duplicated", "changed")
+
+
+class Kind(enum.StrEnum):
+    """How one key differs."""
+
+    ONLY_IN_DELTA = "only_in_delta"
+    ONLY_IN_POSTGRES = "only_in_postgres"
+    DUPLICATED = "duplicated"  # a different number of copies on each side
+    CHANGED = "changed"  # the same key, other values
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+_LABELS = {
+    Kind.ONLY_IN_DELTA: "only in Delta",
+    Kind.ONLY_IN_POSTGRES: "only in Postgres",
+    Kind.DUPLICATED: "duplicated",
+    Kind.CHANGED: "changed",
+}
 
 
 def render_value(value: Any, column: Column) -> str | None:
@@ -114,14 +136,14 @@ class ColumnDifference:
 class Difference:
     """One differing key."""
 
-    kind: str  # one of KINDS
+    kind: Kind
     key: dict[str, Scalar]
     delta_copies: int
     postgres_copies: int
     columns: tuple[ColumnDifference, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        if self.kind == "changed":
+        if self.kind is Kind.CHANGED:
             return {
                 "key": self.key,
                 "columns": [c.column for c in self.columns],
@@ -129,7 +151,7 @@ class Difference:
                     c.column: {"delta": c.delta, "postgres": c.postgres} for c in self.columns
                 },
             }
-        if self.kind == "duplicated":
+        if self.kind is Kind.DUPLICATED:
             return {
                 "key": self.key,
                 "delta_copies": self.delta_copies,
@@ -141,7 +163,7 @@ class Difference:
         """The rows of the `--output` file: one per differing column, or one for the key."""
         base = {
             **{name: text_of(value) for name, value in self.key.items()},
-            "kind": self.kind,
+            "kind": str(self.kind),
             "delta_copies": self.delta_copies,
             "postgres_copies": self.postgres_copies,
         }
@@ -164,7 +186,7 @@ class DiffResult:
     compared_with: str  # which Delta snapshot Postgres was compared with, in words
     key_columns: tuple[str, ...] = ()
     listed: list[Difference] = field(default_factory=list)
-    totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    totals: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(Kind, 0))
     limit: int | None = None
 
     @property
@@ -180,7 +202,7 @@ class DiffResult:
         if self.limit is None or len(self.listed) < self.limit:
             self.listed.append(difference)
 
-    def of_kind(self, kind: str) -> list[Difference]:
+    def of_kind(self, kind: Kind) -> list[Difference]:
         return [d for d in self.listed if d.kind == kind]
 
     def as_dict(self) -> dict[str, Any]:
@@ -189,8 +211,8 @@ class DiffResult:
             "year_month": self.year_month,
             "delta_version": self.delta_version,
             "compared_with": self.compared_with,
-            **{kind: [d.as_dict() for d in self.of_kind(kind)] for kind in KINDS},
-            "totals": dict(self.totals),
+            **{str(kind): [d.as_dict() for d in self.of_kind(kind)] for kind in Kind},
+            "totals": {str(kind): count for kind, count in self.totals.items()},
             "truncated": self.truncated,
         }
 
@@ -275,41 +297,36 @@ class Differ:
         self.settings = settings
 
     def diff(
-        self,
-        spec: TableSpec,
-        year_month: YearMonth,
-        *,
-        limit: int | None = 100,
-        output: Path | None = None,
+        self, month: Month, *, limit: int | None = 100, output: Path | None = None
     ) -> DiffResult:
         """Differences between Postgres and the Delta snapshot it should hold: the synced
         version while Delta's later changes are pending and it can still be read, else the
         latest version."""
         if limit is not None and limit < 1:
             raise InputError("--limit must be at least 1")
+        spec, year_month = month.spec, month.year_month
         writer = DiffWriter(output, spec.key_columns) if output is not None else None
         latest = DeltaTableReader(
             spec, self.settings.table_uri(spec), self.settings.delta.storage_options
         )
         with (
             tempfile.TemporaryDirectory(prefix="reconciler-diff-") as spill,
-            self.db.connect() as conn,
-            self.db.errors("Postgres failed"),
+            self.db.session() as conn,
         ):
             limits = QueryLimits.of(self.settings.digest)
             open_snapshot_transaction(conn, spec, limits)
             pg_columns = postgres_columns(conn, spec)
-            state = read_sync_state(conn, spec.name, str(year_month))
+            state = read_sync_state(conn, month)
             snapshot, compared_with = self._snapshot(latest, state, year_month, pg_columns)
             schema = reconcile_schemas(spec, snapshot.columns(), pg_columns)
             delta = DeltaSide(
                 snapshot,
                 schema,
-                year_month,
+                month,
                 self.settings.postgres.batch_rows,
                 workers=self.settings.digest.delta_workers,
             )
-            postgres = PostgresSide(conn, schema, year_month, self.db, limits)
+            postgres = PostgresSide(conn, schema, month, self.db, limits)
             # Buckets are sized from Delta's log; Postgres is counted only when the log cannot
             # say (no statistics) or holds no rows of the month.
             expected = snapshot.month_row_count(year_month) or postgres.count()
@@ -320,7 +337,7 @@ class Differ:
             postgres.verify_hash_function()
             result = DiffResult(
                 spec.name,
-                str(year_month),
+                month.ym,
                 snapshot.version,
                 compared_with,
                 spec.key_columns,
@@ -357,7 +374,7 @@ class Differ:
     def _snapshot(
         self,
         latest: DeltaTableReader,
-        state: Any,
+        state: SyncState | None,
         year_month: YearMonth,
         pg_columns: list[tuple[str, str, bool]],
     ) -> tuple[DeltaTableReader, str]:
@@ -422,11 +439,11 @@ def compare_rows(
         if not unmatched_delta and not unmatched_postgres:
             continue  # every row has its twin: the bucket differed elsewhere
         if not in_postgres:
-            yield Difference("only_in_delta", key, *copies)
+            yield Difference(Kind.ONLY_IN_DELTA, key, *copies)
         elif not in_delta:
-            yield Difference("only_in_postgres", key, *copies)
+            yield Difference(Kind.ONLY_IN_POSTGRES, key, *copies)
         elif copies[0] != copies[1]:
-            yield Difference("duplicated", key, *copies)
+            yield Difference(Kind.DUPLICATED, key, *copies)
         for d, p in zip(unmatched_delta, unmatched_postgres, strict=False):
             changed = tuple(
                 ColumnDifference(c.name, json_value(a, c), json_value(b, c))
@@ -436,7 +453,7 @@ def compare_rows(
                 if fa != fb
             )
             if changed and copies[0] == copies[1]:
-                yield Difference("changed", key, *copies, columns=changed)
+                yield Difference(Kind.CHANGED, key, *copies, columns=changed)
 
 
 def diff_month(
@@ -453,8 +470,16 @@ def diff_month(
     month = year_month if isinstance(year_month, YearMonth) else YearMonth.parse(year_month)
     differ = Differ(Database.for_settings(settings, "reconciler-diff"), settings)
     return differ.diff(
-        settings.table(table), month, limit=limit, output=Path(output) if output else None
+        Month.of(settings.table(table), month), limit=limit, output=Path(output) if output else None
     )
 
 
-__all__ = ["DiffResult", "Differ", "Difference", "diff_month", "json_value", "render_value"]
+__all__ = [
+    "DiffResult",
+    "Differ",
+    "Difference",
+    "Kind",
+    "diff_month",
+    "json_value",
+    "render_value",
+]

@@ -1,4 +1,4 @@
-"""`ranking.month_check`: the leader's last comparison of each month, for `reconciler status`
+"""`ranking.month_check`: the leader's last `MonthRecord` of each month, for `reconciler status`
 and for the daemons that follow it.
 
 The leader writes a finding after every comparison; followers export what it found, and
@@ -8,121 +8,118 @@ is logged, never raised.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
 
-import psycopg
 from psycopg import sql
 
-from reconciler.check import TableCheck
+from reconciler.check import CheckResult
+from reconciler.record import MonthRecord
 from reconciler.verdict import Status
-from replicator.postgres import Database
+from replicator.config import TableSpec
+from replicator.errors import PostgresError
+from replicator.month import Month
+from replicator.postgres import Session
 
 logger = logging.getLogger(__name__)
 
 MONTH_CHECK = sql.Identifier("ranking", "month_check")
 
+_UPSERT = sql.SQL(
+    "INSERT INTO {} AS m (table_name, year_month, status, reason, checked_at,"
+    " delta_version, synced_version, delta_rows, postgres_rows, lag_seconds,"
+    " last_postgres_check_at, last_deep_check_at, duration_seconds)"
+    " VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s, %s,"
+    " CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END, %s)"
+    " ON CONFLICT (table_name, year_month) DO UPDATE SET status = EXCLUDED.status,"
+    " reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at,"
+    " delta_version = EXCLUDED.delta_version,"
+    " synced_version = EXCLUDED.synced_version, delta_rows = EXCLUDED.delta_rows,"
+    " postgres_rows = EXCLUDED.postgres_rows, lag_seconds = EXCLUDED.lag_seconds,"
+    " duration_seconds = EXCLUDED.duration_seconds,"
+    " last_postgres_check_at ="
+    " coalesce(EXCLUDED.last_postgres_check_at, m.last_postgres_check_at),"
+    " last_deep_check_at = coalesce(EXCLUDED.last_deep_check_at, m.last_deep_check_at)"
+).format(MONTH_CHECK)
 
-@dataclass(frozen=True)
-class Finding:
-    table: str
-    year_month: str
-    status: Status
-    reason: str
-    checked_at: dt.datetime
-    last_postgres_check_at: dt.datetime | None = None
-    last_deep_check_at: dt.datetime | None = None
-    delta_rows: int | None = None
-    postgres_rows: int | None = None
-    lag_seconds: float = 0.0
-    duration_seconds: float | None = None
 
-
-def record_finding(
-    db: Database, conn: psycopg.Connection[Any], result: TableCheck, *, deep: bool
-) -> None:
+def record_finding(conn: Session, result: CheckResult) -> None:
     """Upserts the month's last comparison; commits on `conn`. A completed check re-digested
     Postgres (and, if deep, Delta): their clocks move; an error moves neither."""
-    completed = result.status is not Status.ERROR
+    record = result.record
+    completed = record.status is not Status.ERROR
     try:
-        conn.rollback()
-        conn.read_only = False
+        conn.begin_default()
         conn.execute(
-            sql.SQL(
-                "INSERT INTO {} AS m (table_name, year_month, status, reason, checked_at,"
-                " delta_version, synced_version, delta_rows, postgres_rows, lag_seconds,"
-                " last_postgres_check_at, last_deep_check_at, duration_seconds)"
-                " VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s, %s,"
-                " CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END, %s)"
-                " ON CONFLICT (table_name, year_month) DO UPDATE SET status = EXCLUDED.status,"
-                " reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at,"
-                " delta_version = EXCLUDED.delta_version,"
-                " synced_version = EXCLUDED.synced_version, delta_rows = EXCLUDED.delta_rows,"
-                " postgres_rows = EXCLUDED.postgres_rows, lag_seconds = EXCLUDED.lag_seconds,"
-                " duration_seconds = EXCLUDED.duration_seconds,"
-                " last_postgres_check_at ="
-                " coalesce(EXCLUDED.last_postgres_check_at, m.last_postgres_check_at),"
-                " last_deep_check_at = coalesce(EXCLUDED.last_deep_check_at, m.last_deep_check_at)"
-            ).format(MONTH_CHECK),
+            _UPSERT,
             (
-                result.table,
-                result.year_month,
-                str(result.status),
-                result.reason[:2000],
-                result.delta_version,
-                result.synced_version,
-                result.delta_rows,
-                result.postgres_rows,
-                result.lag_seconds,
+                record.table,
+                record.year_month,
+                str(record.status),
+                record.reason[:2000],
+                record.delta_version,
+                record.synced_version,
+                record.delta_rows,
+                record.postgres_rows,
+                record.lag_seconds,
                 completed,
-                completed and deep,
-                result.duration_seconds,
+                completed and result.deep,
+                record.duration_seconds,
             ),
         )
         conn.commit()
-    except psycopg.Error as exc:
+    except PostgresError as exc:
         conn.rollback()
-        logger.warning(
-            "could not record the check of %s %s: %s",
-            result.table,
-            result.year_month,
-            db.scrub(str(exc)),
-        )
+        logger.warning("could not record the check of %s: %s", record.month, exc)
 
 
-def read_findings(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], Finding]:
-    """Every recorded finding, by (table, month)."""
-    rows = conn.execute(
+def read_findings(conn: Session, specs: Iterable[TableSpec]) -> dict[Month, MonthRecord]:
+    """Every recorded finding of the configured tables, by month."""
+    by_name = {spec.name: spec for spec in specs}
+    rows = conn.fetchall(
         sql.SQL(
             "SELECT table_name, year_month, status, reason, checked_at, last_postgres_check_at,"
-            " last_deep_check_at, delta_rows, postgres_rows, lag_seconds, duration_seconds"
-            " FROM {}"
+            " last_deep_check_at, delta_rows, postgres_rows, lag_seconds, duration_seconds,"
+            " delta_version, synced_version FROM {} WHERE table_name = ANY(%s)"
         ).format(MONTH_CHECK),
+        (list(by_name),),
         binary=True,
-    ).fetchall()
-    return {(row[0], row[1]): Finding(row[0], row[1], Status(row[2]), *row[3:]) for row in rows}
+    )
+    found = {}
+    for row in rows:
+        month = Month.of(by_name[row[0]], row[1])
+        found[month] = MonthRecord(
+            month,
+            Status(row[2]),
+            row[3],
+            checked_at=row[4],
+            postgres_checked_at=row[5],
+            proven_at=row[6],
+            delta_rows=row[7],
+            postgres_rows=row[8],
+            lag_seconds=float(row[9]),
+            duration_seconds=row[10],
+            delta_version=row[11],
+            synced_version=row[12],
+        )
+    return found
 
 
-def forget_findings(
-    db: Database, conn: psycopg.Connection[Any], keys: list[tuple[str, str]]
-) -> None:
+def forget_findings(conn: Session, months: list[Month]) -> None:
     """Deletes the findings of months that exist nowhere any more (followers export findings,
     so a stale one would live on); commits on `conn`. A failure is logged, never raised."""
-    if not keys:
+    if not months:
         return
     try:
-        conn.rollback()
-        conn.read_only = False
+        conn.begin_default()
         conn.execute(
             sql.SQL(
                 "DELETE FROM {} WHERE (table_name, year_month) IN"
                 " (SELECT * FROM unnest(%s::text[], %s::text[]))"
             ).format(MONTH_CHECK),
-            ([k[0] for k in keys], [k[1] for k in keys]),
+            ([m.table for m in months], [m.ym for m in months]),
         )
         conn.commit()
-    except psycopg.Error as exc:
+    except PostgresError as exc:
         conn.rollback()
-        logger.warning("could not forget findings: %s", db.scrub(str(exc)))
+        logger.warning("could not forget findings: %s", exc)

@@ -1,4 +1,5 @@
-"""Leader election through a Postgres session advisory lock, with a lease.
+"""Leader election through a Postgres session advisory lock, with a lease; and the leader's
+heartbeat, which every replica exports as its dead-man's switch.
 
 The lock lives on a dedicated connection whose `idle_session_timeout` is the lease: a leader
 that stops pinging (killed, frozen, partitioned) loses its session, and with it the lock, so
@@ -8,16 +9,14 @@ alive right before every repair, so one that woke up after losing the lock never
 
 from __future__ import annotations
 
-import contextlib
+import datetime as dt
 import logging
 import threading
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from replicator.errors import ReplicationError
-from replicator.postgres import Database
+from replicator.postgres import Database, Session
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ class LeaderLock:
     def __init__(self, db: Database, *, lease_seconds: float) -> None:
         self.db = db.named("reconciler-leader")
         self.lease_seconds = lease_seconds
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn: Session | None = None
         self._held = False
         self._mutex = threading.Lock()
 
@@ -39,23 +38,24 @@ class LeaderLock:
     def try_acquire(self) -> bool:
         """Becomes (or stays) leader if the lock is free; never blocks on the lock."""
         with self._mutex:
-            if self._held and self._ping():
+            if self._held and self._conn is not None and self._conn.alive():
                 return True
             self._drop()
+            conn: Session | None = None
             try:
-                conn = self.db.connect(autocommit=True)
+                conn = self.db.session(autocommit=True)
                 conn.execute(
                     sql.SQL("SET idle_session_timeout = {}").format(
                         sql.Literal(int(self.lease_seconds * 1000))
                     )
                 )
-                row = conn.execute(
-                    "SELECT pg_catalog.pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)
-                ).fetchone()
-            except (psycopg.Error, ReplicationError) as exc:
-                logger.warning("leader election failed: %s", self.db.scrub(str(exc)))
+                got = conn.scalar("SELECT pg_catalog.pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
+            except ReplicationError as exc:
+                logger.warning("leader election failed: %s", exc)
+                if conn is not None:
+                    conn.close()
                 return False
-            if row and row[0]:
+            if got:
                 self._conn, self._held = conn, True
                 logger.info("became leader")
                 return True
@@ -67,7 +67,7 @@ class LeaderLock:
         with self._mutex:
             if not self._held:
                 return False
-            if self._ping():
+            if self._conn is not None and self._conn.alive():
                 return True
             logger.error("lost the leader lock (its connection is gone): not repairing")
             self._drop()
@@ -76,7 +76,7 @@ class LeaderLock:
     def keep_alive(self) -> None:
         """Called more often than the lease, from a thread of its own."""
         with self._mutex:
-            if self._held and not self._ping():
+            if self._held and not (self._conn is not None and self._conn.alive()):
                 logger.error("lost the leader lock (its connection is gone)")
                 self._drop()
 
@@ -84,17 +84,24 @@ class LeaderLock:
         with self._mutex:
             self._drop()
 
-    def _ping(self) -> bool:
-        if self._conn is None or self._conn.closed:
-            return False
-        try:
-            self._conn.execute("SELECT 1")
-            return True
-        except psycopg.Error:
-            return False
-
     def _drop(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
+            self._conn.close()
         self._conn, self._held = None, False
+
+
+def beat(conn: Session, instance: str) -> None:
+    """The leader completed a cycle; commits on `conn`."""
+    conn.execute(
+        "INSERT INTO ranking.leader_heartbeat (instance, cycle_completed_at)"
+        " VALUES (%s, now()) ON CONFLICT (singleton) DO UPDATE"
+        " SET instance = EXCLUDED.instance, cycle_completed_at = EXCLUDED.cycle_completed_at",
+        (instance,),
+    )
+    conn.commit()
+
+
+def last_beat(conn: Session) -> dt.datetime | None:
+    """When the leader last completed a cycle (a follower's dead-man's switch)."""
+    found = conn.scalar("SELECT cycle_completed_at FROM ranking.leader_heartbeat")
+    return found if isinstance(found, dt.datetime) else None

@@ -7,15 +7,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from reconciler.convert import convert_to_partitioned
 from replicator.config import DEFAULT_TABLES, TableSpec
 from replicator.layout import MAINTAIN_SINCE, Layout
-from replicator.postgres import Database
+from replicator.postgres import Database, Session
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +58,15 @@ def migrate(
     tables, and converts them to `layout` when given; returns the versions applied."""
     applied: list[str] = []
     db = db.named("reconciler-migrate")
-    with db.connect() as conn, db.errors("migration failed"):
+    with db.session() as conn:
         conn.execute("SELECT pg_catalog.pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute(_LEDGER)
         conn.commit()
         done = {
             version: checksum
-            for version, checksum in conn.execute(
+            for version, checksum in conn.fetchall(
                 "SELECT version, checksum FROM ranking.schema_migrations"
-            ).fetchall()
+            )
         }
         for migration in packaged_migrations():
             if migration.version in done:
@@ -93,18 +91,18 @@ def migrate(
     return applied
 
 
-def register_tables(conn: psycopg.Connection[Any], tables: Sequence[TableSpec]) -> None:
+def register_tables(conn: Session, tables: Sequence[TableSpec]) -> None:
     """The configured tables, for the SECURITY DEFINER functions of migration 0007; on
     Postgres 17 and later the writer may ANALYZE them itself (MAINTAIN)."""
-    newest = conn.execute("SELECT pg_catalog.current_setting('server_version_num')::int")
-    maintain = (newest.fetchone() or (0,))[0] >= MAINTAIN_SINCE
+    newest = conn.scalar("SELECT pg_catalog.current_setting('server_version_num')::int")
+    maintain = int(newest or 0) >= MAINTAIN_SINCE
     for spec in tables:
         conn.execute(
             "INSERT INTO ranking.signal_tables VALUES (%s, %s) ON CONFLICT DO NOTHING",
             (spec.postgres_schema, spec.postgres_table),
         )
-        exists = conn.execute("SELECT pg_catalog.to_regclass(%s)", (spec.qualified_name,))
-        if maintain and (exists.fetchone() or (None,))[0] is not None:
+        exists = conn.scalar("SELECT pg_catalog.to_regclass(%s)", (spec.qualified_name,))
+        if maintain and exists is not None:
             conn.execute(
                 sql.SQL("GRANT MAINTAIN ON {} TO ranking_writer").format(
                     sql.Identifier(spec.postgres_schema, spec.postgres_table)

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
 
 from replicator.config import TableSpec
+from replicator.errors import PostgresError
+from replicator.month import Month
+from replicator.postgres import INSUFFICIENT_PRIVILEGE, Session
 from replicator.syncstate import SyncState
 
 logger = logging.getLogger(__name__)
@@ -53,44 +53,45 @@ class TableStats:
     partitions: dict[str, tuple[int, int, int | None]] | None = None
 
 
-MonthKey = tuple[str, str]
+States = Mapping[Month, SyncState]
 
 
-def read_server(conn: psycopg.Connection[Any]) -> ServerFacts:
-    row = conn.execute(
+def read_server(conn: Session) -> ServerFacts:
+    row = conn.fetchone(
         "SELECT pg_catalog.pg_postmaster_start_time(),"
         " (SELECT stats_reset FROM pg_catalog.pg_stat_database"
         "  WHERE datname = pg_catalog.current_database()),"
         " pg_catalog.current_setting('track_counts')::boolean",
         binary=True,
-    ).fetchone()
+    )
     assert row is not None
     identifier: str | None = None
     try:
         with conn.transaction():
-            found = conn.execute("SELECT system_identifier FROM pg_catalog.pg_control_system()")
-            identity = found.fetchone()
-            identifier = str(identity[0]) if identity else None
-    except psycopg.errors.InsufficientPrivilege:
+            identity = conn.scalar("SELECT system_identifier FROM pg_catalog.pg_control_system()")
+            identifier = None if identity is None else str(identity)
+    except PostgresError as exc:
+        if exc.sqlstate != INSUFFICIENT_PRIVILEGE:
+            raise
         identifier = None
     return ServerFacts(identifier, row[0], row[1], bool(row[2]))
 
 
-def read_table(conn: psycopg.Connection[Any], spec: TableSpec) -> TableStats:
-    row = conn.execute(
+def read_table(conn: Session, spec: TableSpec) -> TableStats:
+    row = conn.fetchone(
         "SELECT c.oid, c.relkind, coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del"
         "  FROM pg_catalog.pg_stat_user_tables WHERE relid = c.oid), 0),"
         " pg_catalog.pg_relation_filenode(c.oid)"
         " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s",
         (spec.postgres_schema, spec.postgres_table),
-    ).fetchone()
+    )
     if row is None:
         return TableStats(0, None)
     filenode = None if row[3] is None else int(row[3])
     if row[1] != "p":
         return TableStats(int(row[2]), filenode)
-    parts = conn.execute(
+    parts = conn.fetchall(
         "SELECT substring(pg_catalog.pg_get_expr(p.relpartbound, p.oid)"
         " FROM 'IN \\(''([0-9-]+)''\\)'), p.oid,"
         " coalesce((SELECT n_tup_ins + n_tup_upd + n_tup_del"
@@ -99,7 +100,7 @@ def read_table(conn: psycopg.Connection[Any], spec: TableSpec) -> TableStats:
         " FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhrelid"
         " WHERE i.inhparent = %s",
         (row[0],),
-    ).fetchall()
+    )
     partitions = {  # a DEFAULT partition (no month) is not a month's: left to the checks
         str(month): (int(oid), int(changes), None if node is None else int(node))
         for month, oid, changes, node in parts
@@ -115,23 +116,20 @@ class OutsideWriteDetector:
     def __init__(self) -> None:
         self._server: ServerFacts | None = None
         self._tables: dict[str, TableStats] = {}
-        self._sync_seen: dict[tuple[str, str], SyncState] = {}
+        self._sync_seen: dict[Month, SyncState] = {}
         # Partitioned tables: per month, (partition oid, changes it may show, filenode).
-        self._allowance: dict[MonthKey, tuple[int, int, int | None]] = {}
+        self._allowance: dict[Month, tuple[int, int, int | None]] = {}
 
     def suspicious(
-        self,
-        conn: psycopg.Connection[Any],
-        tables: Iterable[TableSpec],
-        states: dict[tuple[str, str], SyncState],
-    ) -> tuple[dict[str, str], dict[MonthKey, str]]:
+        self, conn: Session, tables: Iterable[TableSpec], states: States
+    ) -> tuple[dict[str, str], dict[Month, str]]:
         """The tables whose every month must be compared again, and the single months (of
         partitioned tables), each with the reason."""
         specs = list(tables)
         server = read_server(conn)
         everything = self._server_reason(server)
         suspicious: dict[str, str] = {}
-        months: dict[MonthKey, str] = {}
+        months: dict[Month, str] = {}
         for spec in specs:
             stats = read_table(conn, spec)
             reason = everything or self._table_reason(spec, stats, states)
@@ -142,35 +140,29 @@ class OutsideWriteDetector:
             self._tables[spec.name] = stats
         for name, reason in sorted(suspicious.items()):
             logger.warning("re-checking every month of %s: %s", name, reason, extra={"table": name})
-        for (name, month), reason in sorted(months.items()):
-            logger.warning(
-                "re-checking %s %s: %s",
-                name,
-                month,
-                reason,
-                extra={"table": name, "year_month": month},
-            )
+        for month, reason in sorted(months.items()):
+            logger.warning("re-checking %s: %s", month, reason, extra=month.log)
         self._server = server
         self._sync_seen = dict(states)
         return suspicious, months
 
-    def _synced_since(self, key: MonthKey, state: SyncState | None) -> bool:
+    def _synced_since(self, key: Month, state: SyncState | None) -> bool:
         seen = self._sync_seen.get(key)
         if state is None:
             return False
         return seen is None or (seen.run_id, seen.synced_at) != (state.run_id, state.synced_at)
 
     def _partition_reasons(
-        self, spec: TableSpec, stats: TableStats, states: dict[tuple[str, str], SyncState]
-    ) -> dict[MonthKey, str]:
+        self, spec: TableSpec, stats: TableStats, states: States
+    ) -> dict[Month, str]:
         """A partition may change only by being swapped in by a sync holding exactly that
         sync's rows (its statistics may reach us a cycle late): anything more, a partition
         replaced or gone without a sync, or one rewritten, is a write around the replicator."""
         previous = self._tables.get(spec.name)
         assert stats.partitions is not None
-        reasons: dict[MonthKey, str] = {}
+        reasons: dict[Month, str] = {}
         for month, (oid, changes, filenode) in stats.partitions.items():
-            key = (spec.name, month)
+            key = Month.of(spec, month)
             state = states.get(key)
             synced_rows = (state.row_count or 0) if state is not None else 0
             known = self._allowance.get(key)
@@ -189,10 +181,11 @@ class OutsideWriteDetector:
             self._allowance[key] = (oid, max(allowance, changes), filenode)
         if previous is not None and previous.partitions is not None:
             for month in set(previous.partitions) - set(stats.partitions):
-                if not self._synced_since((spec.name, month), states.get((spec.name, month))):
-                    reasons[spec.name, month] = "the month's partition was detached or dropped"
-        for key in [k for k in self._allowance if k[0] == spec.name]:
-            if key[1] not in stats.partitions:
+                gone = Month.of(spec, month)
+                if not self._synced_since(gone, states.get(gone)):
+                    reasons[gone] = "the month's partition was detached or dropped"
+        for key in [k for k in self._allowance if k.table == spec.name]:
+            if key.ym not in stats.partitions:
                 del self._allowance[key]
         return reasons
 
@@ -211,9 +204,7 @@ class OutsideWriteDetector:
             return "the database's statistics were reset"
         return None
 
-    def _table_reason(
-        self, spec: TableSpec, stats: TableStats, states: dict[tuple[str, str], SyncState]
-    ) -> str | None:
+    def _table_reason(self, spec: TableSpec, stats: TableStats, states: States) -> str | None:
         previous = self._tables.get(spec.name)
         if previous is None:
             return None
@@ -227,7 +218,7 @@ class OutsideWriteDetector:
             return "the table's statistics counters went backwards (a reset)"
         explained = 0
         for key, state in states.items():
-            if key[0] != spec.name:
+            if key.table != spec.name:
                 continue
             seen = self._sync_seen.get(key)
             if seen is None or (seen.run_id, seen.synced_at) != (state.run_id, state.synced_at):

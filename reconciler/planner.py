@@ -15,54 +15,45 @@ Nothing here reads a database.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler.monthstate import MonthInputs, MonthKey, MonthState
+from reconciler.monthstate import MonthInputs, MonthState
 from reconciler.verdict import Status
+from replicator.month import Month
 from replicator.syncstate import SyncState
-from replicator.yearmonth import YearMonth
 
 
 @dataclass(frozen=True)
 class MonthMetadata:
     """One month of one table as this cycle's metadata shows it."""
 
-    table: str
-    year_month: YearMonth
+    month: Month
     inputs: MonthInputs
     sync: SyncState | None
-
-    @property
-    def key(self) -> MonthKey:
-        return (self.table, str(self.year_month))
 
 
 @dataclass(frozen=True)
 class CycleSnapshot:
     """The metadata one cycle plans from."""
 
-    now: float
+    now: dt.datetime
     months: tuple[MonthMetadata, ...]  # every month in the window that exists anywhere
     readable_tables: frozenset[str]  # tables whose Delta table could be read this cycle
     # Tables whose Postgres side may have changed without any metadata showing it, and why
     # (written around the replicator, rewritten, statistics reset, failover, ...).
     suspicious: Mapping[str, str] = field(default_factory=dict)
     # Single months of partitioned tables written around the replicator, and why.
-    suspicious_months: Mapping[MonthKey, str] = field(default_factory=dict)
+    suspicious_months: Mapping[Month, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class PlannedCheck:
-    table: str
-    year_month: YearMonth
+    month: Month
     deep: bool = False
     why: str = "changed"
-
-    @property
-    def key(self) -> MonthKey:
-        return (self.table, str(self.year_month))
 
 
 @dataclass(frozen=True)
@@ -76,81 +67,83 @@ def why_compare(
     meta: MonthMetadata, known: MonthState | None, snapshot: CycleSnapshot
 ) -> str | None:
     """Why the month must be compared this cycle, or None when nothing says so."""
-    if meta.table not in snapshot.readable_tables:
+    table = meta.month.table
+    if table not in snapshot.readable_tables:
         return None  # without Delta nothing can be compared; the last status stands
-    if known is None or known.status is Status.UNKNOWN:
+    if known is None or known.record.status is Status.UNKNOWN:
         return "not compared yet"
-    if known.status is Status.ERROR:
+    if known.record.status is Status.ERROR:
         return "retrying an error"  # the failed read may have been transient
-    if meta.table in snapshot.suspicious:
-        return snapshot.suspicious[meta.table]
-    if meta.key in snapshot.suspicious_months:
-        return snapshot.suspicious_months[meta.key]
+    if table in snapshot.suspicious:
+        return snapshot.suspicious[table]
+    if meta.month in snapshot.suspicious_months:
+        return snapshot.suspicious_months[meta.month]
     if meta.inputs != known.compared:
         return "changed"
     return None
 
 
 def plan(
-    snapshot: CycleSnapshot, known: Mapping[MonthKey, MonthState], periods: Periods
+    snapshot: CycleSnapshot, known: Mapping[Month, MonthState], periods: Periods
 ) -> list[PlannedCheck]:
     """The comparisons of this cycle: changed months newest first, then the periodic ones."""
     todo = []
     for meta in snapshot.months:
-        why = why_compare(meta, known.get(meta.key), snapshot)
+        why = why_compare(meta, known.get(meta.month), snapshot)
         if why is not None:
-            todo.append(PlannedCheck(meta.table, meta.year_month, why=why))
-    todo.sort(key=lambda check: str(check.year_month), reverse=True)
+            todo.append(PlannedCheck(meta.month, why=why))
+    todo.sort(key=lambda check: check.month.year_month, reverse=True)
     # The periodic checks concern anchored months of readable tables, compared before or not
     # (a restarted process compares every month first: a due deep check takes that turn).
     comparable = {
-        meta.key: known[meta.key]
+        meta.month: known[meta.month]
         for meta in snapshot.months
-        if meta.key in known and meta.table in snapshot.readable_tables and meta.sync is not None
+        if meta.month in known
+        and meta.month.table in snapshot.readable_tables
+        and meta.sync is not None
     }
-    _add_due(
-        todo,
-        comparable,
-        snapshot.now,
-        periods.interval_seconds,
-        periods.postgres_check_period_seconds,
-        lambda s: s.last_postgres_check,
-        deep=False,
-    )
-    _add_due(
-        todo,
-        comparable,
-        snapshot.now,
-        periods.interval_seconds,
-        periods.deep_check_period_seconds,
-        lambda s: s.delta_checked_at,
-        deep=True,
-    )
+    for due in (
+        _Due(periods.postgres_check_period_seconds, lambda s: s.record.postgres_checked_at),
+        _Due(periods.deep_check_period_seconds, lambda s: s.last_proof, deep=True),
+    ):
+        due.add(todo, comparable, snapshot.now, periods.interval_seconds)
     return todo
 
 
-def _add_due(
-    todo: list[PlannedCheck],
-    months: Mapping[MonthKey, MonthState],
-    now: float,
-    interval: float,
-    period: float,
-    last: Callable[[MonthState], float | None],
-    *,
-    deep: bool,
-) -> None:
-    """Adds the months whose last check of this kind is older than `period`: at most a share
-    of them per cycle (every month once per period), the most overdue first."""
-    due = sorted(
-        (s for s in months.values() if now - (last(s) or 0.0) >= period),
-        key=lambda s: last(s) or 0.0,
-    )
-    budget = max(1, math.ceil(len(months) * interval / period))
-    planned = {check.key: i for i, check in enumerate(todo)}
-    why = "deep check due" if deep else "Postgres re-check due"
-    for state in due[:budget]:
-        check = PlannedCheck(state.table, YearMonth.parse(state.year_month), deep=deep, why=why)
-        if state.key not in planned:
-            todo.append(check)
-        elif deep and not todo[planned[state.key]].deep:
-            todo[planned[state.key]] = check
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A periodic check: every month once per `period`, counted from `last`."""
+
+    period: float
+    last: Callable[[MonthState], dt.datetime | None]
+    deep: bool = False
+
+    def add(
+        self,
+        todo: list[PlannedCheck],
+        months: Mapping[Month, MonthState],
+        now: dt.datetime,
+        interval: float,
+    ) -> None:
+        """Adds the months whose last check of this kind is older than the period: at most a
+        share of them per cycle (every month once per period), the most overdue first."""
+
+        def last(state: MonthState) -> dt.datetime:
+            return self.last(state) or _NEVER
+
+        due = sorted(
+            (s for s in months.values() if (now - last(s)).total_seconds() >= self.period),
+            key=last,
+        )
+        budget = max(1, math.ceil(len(months) * interval / self.period))
+        planned = {check.month: i for i, check in enumerate(todo)}
+        why = "deep check due" if self.deep else "Postgres re-check due"
+        for state in due[:budget]:
+            check = PlannedCheck(state.month, deep=self.deep, why=why)
+            if state.month not in planned:
+                todo.append(check)
+            elif self.deep and not todo[planned[state.month]].deep:
+                todo[planned[state.month]] = check

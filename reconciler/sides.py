@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import pyarrow as pa
 from psycopg import sql
 from pyarrow import ipc
@@ -35,10 +34,10 @@ from replicator.contract import (
     verify_server_hash,
 )
 from replicator.delta import DeltaTableReader
-from replicator.postgres import Database
+from replicator.month import Month
+from replicator.postgres import Database, Session
 from replicator.schema import TableSchema
 from replicator.syncstate import SyncState
-from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class QueryLimits:
             )
         return statements
 
-    def apply(self, conn: psycopg.Connection[Any]) -> None:
+    def apply(self, conn: Session) -> None:
         """For the rest of the caller's transaction."""
         for statement in self.statements():
             conn.execute(statement)
@@ -126,13 +125,13 @@ class PostgresSide(RowSide):
 
     def __init__(
         self,
-        conn: psycopg.Connection[Any],
+        conn: Session,
         schema: TableSchema,
-        year_month: YearMonth,
+        month: Month,
         db: Database | None = None,
         limits: QueryLimits | None = None,
     ) -> None:
-        self.schema, self.year_month = schema, year_month
+        self.schema, self.month = schema, month
         self.conn = conn
         self.db = db  # for a second connection in the same snapshot (bucketed digests)
         self.limits = limits or QueryLimits()
@@ -147,8 +146,7 @@ class PostgresSide(RowSide):
         query = sql.SQL("SELECT count(*) FROM {} WHERE year_month = %s").format(
             self.schema.qualified_table
         )
-        row = self.conn.execute(query, (str(self.year_month),)).fetchone()
-        return int(row[0]) if row else 0
+        return int(self.conn.scalar(query, (self.month.ym,)) or 0)
 
     def digest_query(self) -> sql.Composed:
         """The month digest as one aggregate (its plan is what parallelism acts on)."""
@@ -157,14 +155,14 @@ class PostgresSide(RowSide):
         ).format(
             hash=sql.SQL(postgres_hash(self._row)),
             table=self.schema.qualified_table,
-            month=sql.Literal(str(self.year_month)),
+            month=sql.Literal(self.month.ym),
         )
 
     def digest(self) -> MonthDigest:
         # JIT compiling this expression costs more than it saves on a month's rows.
         self.conn.execute("SET LOCAL jit = off")
         self.limits.apply(self.conn)
-        row = self.conn.execute(self.digest_query()).fetchone()
+        row = self.conn.fetchone(self.digest_query())
         count, total = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
         return MonthDigest.from_pairs(1, [(0, count, total)])
 
@@ -174,23 +172,22 @@ class PostgresSide(RowSide):
         a row), digested here by bucket and kept on disk."""
         if self.db is None:
             raise RuntimeError("a bucketed Postgres digest needs the Database")
-        snapshot = self.conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
-        assert snapshot is not None
+        snapshot = self.conn.scalar("SELECT pg_catalog.pg_export_snapshot()")
         query = sql.SQL("SELECT {hash} AS h, ctid FROM {table} WHERE year_month = $1").format(
             hash=sql.SQL(postgres_hash(self._row)), table=self.schema.qualified_table
         )
         accumulator = DigestAccumulator(buckets)
         path = spill / f"postgres-{id(self)}.positions"
-        with path.open("wb") as out, self.db.adbc_in_snapshot(str(snapshot[0])) as cursor:
+        with path.open("wb") as out, self.db.adbc_in_snapshot(str(snapshot)) as session:
             for statement in self.limits.statements():
-                cursor.execute(statement.as_string(None))
+                session.execute(statement)
             # Every row goes to the client, so the planner prices a parallel plan's tuple
             # transfer above its gain and picks one process; but the row hash, not the transfer,
             # is the work (measured on 2,000,000 rows: 1.55 s in one process, 1.1 s in two).
-            cursor.execute("SET LOCAL parallel_tuple_cost = 0")
-            cursor.execute(query.as_string(None), (str(self.year_month),))
-            for batch in cursor.fetch_record_batch():
-                self._add_rows(pa.record_batch(batch), accumulator, out)
+            session.execute("SET LOCAL parallel_tuple_cost = 0")
+            session.execute(query, (self.month.ym,))
+            for batch in session.record_batches():
+                self._add_rows(batch, accumulator, out)
         self._positions = path
         return accumulator.result()
 
@@ -231,7 +228,7 @@ class PostgresSide(RowSide):
         )
         width = len(columns)
         # Binary results: values exactly as stored, whatever the session's output settings.
-        for row in self.conn.execute(query, (str(self.year_month), tids), binary=True):
+        for row in self.conn.execute(query, (self.month.ym, tids), binary=True):
             yield SideRow(row[0], tuple(row[1 : 1 + width]), tuple(row[1 + width :]))
 
 
@@ -246,12 +243,12 @@ class DeltaSide(RowSide):
         self,
         reader: DeltaTableReader,
         schema: TableSchema,
-        year_month: YearMonth,
+        month: Month,
         batch_rows: int,
         *,
         workers: int = 1,
     ) -> None:
-        self.schema, self.year_month = schema, year_month
+        self.schema, self.month = schema, month
         self.reader = reader
         self.batch_rows = batch_rows
         self.hasher = DeltaHasher(schema)
@@ -259,14 +256,14 @@ class DeltaSide(RowSide):
         self._spilled: Path | None = None
 
     def count(self) -> int:
-        counted = self.reader.month_row_count(self.year_month)
+        counted = self.reader.month_row_count(self.month.year_month)
         if counted is not None:
             return counted
         return sum(b.num_rows for b in self._batches())
 
     def _batches(self) -> Iterator[pa.RecordBatch]:
         names = [c.name for c in self.hasher.columns]
-        return self.reader.scan_month(self.year_month, names, self.batch_rows)
+        return self.reader.scan_month(self.month.year_month, names, self.batch_rows)
 
     def digest(self) -> MonthDigest:
         return self.parallel.digest(self._batches())
@@ -321,7 +318,7 @@ class RecordedSide(MonthSide):
     def __init__(self, state: SyncState) -> None:
         recorded = state.recorded_digest()
         if recorded is None:
-            raise ValueError(f"{state.table} {state.year_month}: no digest recorded at sync")
+            raise ValueError(f"{state.month}: no digest recorded at sync")
         self._digest = recorded
 
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from replicator.delta import ChangeKind
@@ -41,6 +41,11 @@ class Status(enum.StrEnum):
     def by_severity(cls) -> tuple[Status, ...]:
         """Every status, best to worst (the order of their codes)."""
         return _SEVERITY
+
+    @property
+    def completed(self) -> bool:
+        """A comparison with this outcome was made (an error is one that could not be)."""
+        return self is not Status.ERROR
 
     @property
     def is_finding(self) -> bool:
@@ -85,7 +90,11 @@ class Digest:
 
 
 class Evidence(enum.Enum):
+    """The contents a verdict may rest on; each names its `MonthFacts` field."""
+
     POSTGRES = "postgres"  # what Postgres holds now
+    # Postgres now under the columns of the sync (computed with POSTGRES when they differ)
+    POSTGRES_AS_SYNCED = "postgres_as_synced"
     AS_SYNCED = "as_synced"  # what the sync vouched for (recorded, or Delta at that version)
     DELTA_NOW = "delta_now"  # what the latest Delta snapshot holds
 
@@ -253,5 +262,35 @@ def _never_synced(facts: MonthFacts) -> Verdict:
     return Verdict(Status.DRIFT, "rows in Postgres without a sync record")
 
 
-def with_digests(facts: MonthFacts, **digests: Digest | None) -> MonthFacts:
-    return dataclasses.replace(facts, **digests)  # type: ignore[arg-type]
+def with_digests(facts: MonthFacts, digests: Mapping[Evidence, Digest]) -> MonthFacts:
+    return dataclasses.replace(facts, **{e.value: d for e, d in digests.items()})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ReportFacts:
+    """What `reconciler status` knows of a month without comparing anything: the daemon's last
+    finding, sync state and what the Delta log says since the sync."""
+
+    found: Status | None  # the daemon's last finding (None: never compared)
+    found_reason: str = ""
+    synced_since_finding: bool = False  # a replication landed after the finding
+    delta_readable: bool = True
+    change: ChangeKind | None = None  # what Delta did since the sync (None: never synced)
+    change_reason: str = ""
+
+
+def reported(facts: ReportFacts) -> Verdict:
+    """The status a report shows: `in_sync` only when everything vouches for it (the daemon
+    found it in sync after its latest sync, and Delta has not changed it since)."""
+    found = Verdict(Status.UNKNOWN)
+    if facts.found is not None:
+        found = Verdict(facts.found, "" if facts.found is Status.IN_SYNC else facts.found_reason)
+    if facts.synced_since_finding:
+        found = Verdict(Status.UNKNOWN, "synced since the daemon's last check")
+    if not facts.delta_readable:
+        return Verdict(Status.ERROR, "the Delta table cannot be read")
+    if facts.change is ChangeKind.CHANGED and found.status is not Status.DRIFT:
+        return Verdict(Status.LAGGING, facts.change_reason)
+    if facts.change is ChangeKind.UNKNOWN and found.status is Status.IN_SYNC:
+        return Verdict(Status.UNKNOWN, f"{facts.change_reason}: the daemon will recompute it")
+    return found

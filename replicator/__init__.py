@@ -8,11 +8,12 @@ from __future__ import annotations
 __version__ = "0.2.0"  # the one version of the project (pyproject reads it from here)
 
 from replicator.config import Settings, TableSpec, load_settings
-from replicator.writer import MonthWriter, WriteResult, write_months
+from replicator.month import Month
+from replicator.writer import MonthWriter, WriteOptions, WriteResult, write_months
 from replicator.yearmonth import YearMonth
 
 
-def write_month(
+def write_month(  # noqa: PLR0913 (the ranking job's call: keyword options as `replicator write` takes them)
     table: str,
     year_month: str | YearMonth,
     *,
@@ -24,12 +25,8 @@ def write_month(
     """Replicates one month of one configured table (settings from the environment by default)."""
     settings = settings or load_settings()
     month = year_month if isinstance(year_month, YearMonth) else YearMonth.parse(year_month)
-    return MonthWriter(settings).write_month(
-        settings.table(table),
-        month,
-        delta_version=delta_version,
-        allow_empty=allow_empty,
-        force=force,
+    return MonthWriter(settings).write(
+        Month.of(settings.table(table), month), WriteOptions(delta_version, allow_empty, force)
     )
 
 
@@ -48,6 +45,7 @@ def write_signals_for_year_month(
 
 
 __all__ = [
+    "Month",
     "MonthWriter",
     "Settings",
     "TableSpec",

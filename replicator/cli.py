@@ -21,7 +21,7 @@ from replicator.options import (
     settings_options,
     start,
 )
-from replicator.writer import WriteStatus, write_months
+from replicator.writer import WriteOptions, WriteStatus, write_months
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def main(ctx: click.Context, verbose: bool, json_logs: bool) -> None:
 @click.option("--run-id", default=None, help="Id recorded in sync state (default: random).")
 @json_option
 @settings_options
-def write(
+def write(  # noqa: PLR0913 (click passes every option of the command as an argument)
     year_month: YearMonth,
     tables: tuple[str, ...],
     delta_version: int | None,
@@ -86,9 +86,7 @@ def write(
         settings,
         year_month,
         specs,
-        delta_version=delta_version,
-        allow_empty=allow_empty,
-        force=force,
+        options=WriteOptions(delta_version, allow_empty, force),
         run_id=run_id,
     )
     statuses = {r.status for r in results}

@@ -9,6 +9,7 @@ connects, and the DSN is kept inside a `Dsn` so that it cannot be printed by acc
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import re
@@ -58,14 +59,6 @@ def not_negative(value: float, name: str) -> None:
 def power_of_two(value: int, name: str) -> None:
     if value < 1 or value > 65536 or value & (value - 1):
         raise ConfigError(f"{name} must be a power of two from 1 to 65536, got {value}")
-
-
-def one_of(*allowed: str) -> Check:
-    def check(value: str, name: str) -> None:
-        if value not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-
-    return check
 
 
 def host_port(value: str, name: str) -> None:
@@ -146,6 +139,13 @@ def check_delta_location(uri: str, what: str) -> str:
     return uri
 
 
+class Layout(enum.StrEnum):
+    """How a signal table is laid out in Postgres (replicator/layout.py says what each means)."""
+
+    PLAIN = "plain"
+    PARTITIONED = "partitioned"
+
+
 DEFAULT_TABLES: tuple[TableSpec, ...] = (
     TableSpec("ranking_signal", ("signal_date", "entity_id", "signal_name")),
     TableSpec("composite_signal_daily", ("signal_date", "entity_id")),
@@ -165,11 +165,11 @@ class PostgresSettings:
     verify_counts: bool = False
     connect_timeout_seconds: int = checked(10, positive)
     batch_rows: int = checked(131_072, positive)
-    # A password fetched for every new connection (a short-lived token): a command whose
-    # standard output is the password, or Microsoft Entra ID through azure-identity.
     # plain (DELETE + COPY) or partitioned (a partition per month, swapped): what `reconciler
     # migrate` establishes; writes follow what the table is (replicator/layout.py).
-    layout: str = checked("plain", one_of("plain", "partitioned"))
+    layout: Layout = Layout.PLAIN
+    # A password fetched for every new connection (a short-lived token): a command whose
+    # standard output is the password, or Microsoft Entra ID through azure-identity.
     password_command: str | None = None
     azure_entra_auth: bool = False
     azure_client_id: str | None = None  # a user-assigned managed identity; default: the system one
@@ -300,8 +300,16 @@ def _expected_type(hint: Any) -> type | None:
     return typing.cast(type, hint)
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _value(hint: Any, value: object, where: str) -> object:
     expected = _expected_type(hint)
+    if isinstance(expected, type) and issubclass(expected, enum.Enum):
+        allowed = [str(member.value) for member in expected]
+        if value not in allowed:
+            raise ConfigError(f"{where} must be one of {', '.join(allowed)}, got {value!r}")
+        return expected(value)
     if expected is None:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ConfigError(f"{where}: expected a table of strings")
@@ -309,7 +317,8 @@ def _value(hint: Any, value: object, where: str) -> object:
     # bool is an int in Python; a number where a flag is expected (or the reverse) is an error.
     accepted: tuple[type, ...] = (int, float) if expected is float else (expected,)
     if isinstance(value, bool) != (expected is bool) or not isinstance(value, accepted):
-        raise ConfigError(f"{where}: wrong type {type(value).__name__}")
+        wanted = _TYPE_NAMES.get(expected, expected.__name__)
+        raise ConfigError(f"{where} must be {wanted}, got {value!r}")
     return float(value) if expected is float else value  # type: ignore[arg-type]
 
 
@@ -365,7 +374,8 @@ def _tables(entries: object) -> tuple[TableSpec, ...]:
         for key, value in entry.items():
             expected = list if key == "key_columns" else str
             if not isinstance(value, expected):
-                raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
+                wanted = "an array of column names" if expected is list else "a string"
+                raise ConfigError(f"{where}.{key} must be {wanted}, got {value!r}")
         check_identifier(entry["name"], f"{where}.name")
         specs.append(TableSpec(**dict(entry, key_columns=tuple(entry["key_columns"]))))
     names = [s.name for s in specs]

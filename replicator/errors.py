@@ -16,7 +16,12 @@ class InputError(ReplicationError):
 
 
 class PostgresError(ReplicationError):
-    """Postgres failed or could not be reached (CLI exit code 2)."""
+    """Postgres failed or could not be reached (CLI exit code 2); `sqlstate` is the server's
+    error code when it sent one."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class NotMigratedError(PostgresError):

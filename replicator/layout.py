@@ -24,25 +24,21 @@ parallel scan right after the write instead of a plan made for a few thousand ro
 
 from __future__ import annotations
 
-import enum
-from typing import Any
+from dataclasses import dataclass
 
-import psycopg
 from psycopg import sql
 
-from replicator.config import TableSpec
+from replicator.config import Layout, TableSpec
 from replicator.errors import InputError, NotMigratedError
+from replicator.postgres import LOCK_NOT_AVAILABLE, Session
 
-
-class Layout(enum.StrEnum):
-    PLAIN = "plain"
-    PARTITIONED = "partitioned"
+__all__ = ["LOCK_NOT_AVAILABLE", "Layout", "analyze_statement", "table_layout"]
 
 
 MAINTAIN_SINCE = 170000  # server_version_num from which MAINTAIN can be granted
 
 
-def table_layout(conn: psycopg.Connection[Any], spec: TableSpec) -> Layout:
+def table_layout(conn: Session, spec: TableSpec) -> Layout:
     """What the table is; InputError when it does not exist."""
     row = conn.execute(
         "SELECT c.relkind FROM pg_catalog.pg_class c"
@@ -57,7 +53,16 @@ def table_layout(conn: psycopg.Connection[Any], spec: TableSpec) -> Layout:
     return Layout.PARTITIONED if row[0] == "p" else Layout.PLAIN
 
 
-def analyze_statement(conn: psycopg.Connection[Any], spec: TableSpec) -> sql.Composed:
+@dataclass(frozen=True)
+class Analyze:
+    """How a writer analyzes a plain table: the statement, and whether it returns a row (the
+    SECURITY DEFINER function does; ANALYZE does not)."""
+
+    statement: sql.Composed
+    returns_row: bool = False
+
+
+def analyze_statement(conn: Session, spec: TableSpec) -> Analyze:
     """How this session analyzes the (plain) table: ANALYZE itself where it holds MAINTAIN (or
     owns the table), else the SECURITY DEFINER function. ANALYZE without the right only warns
     and skips, so the right is asked first."""
@@ -70,13 +75,13 @@ def analyze_statement(conn: psycopg.Connection[Any], spec: TableSpec) -> sql.Com
     ).fetchone()
     table = sql.Identifier(spec.postgres_schema, spec.postgres_table)
     if row is not None and row[1]:
-        return sql.SQL("ANALYZE {}").format(table)
+        return Analyze(sql.SQL("ANALYZE {}").format(table))
     if row is not None and row[0] >= MAINTAIN_SINCE:
         maintain = conn.execute(
             "SELECT pg_catalog.has_table_privilege(%s, 'MAINTAIN')", (spec.qualified_name,)
         ).fetchone()
         if maintain and maintain[0]:
-            return sql.SQL("ANALYZE {}").format(table)
+            return Analyze(sql.SQL("ANALYZE {}").format(table))
     usable = conn.execute(
         "SELECT pg_catalog.to_regprocedure('ranking.analyze_signal_table(text, text)') IS NOT NULL"
         " AND EXISTS (SELECT 1 FROM ranking.signal_tables WHERE schema_name = %s"
@@ -89,9 +94,10 @@ def analyze_statement(conn: psycopg.Connection[Any], spec: TableSpec) -> sql.Com
             f"the writer cannot analyze {spec.qualified_name}: run `reconciler migrate` (as "
             "the tables' owner) with this table configured"
         )
-    return sql.SQL("SELECT ranking.analyze_signal_table({}, {})").format(
+    function = sql.SQL("SELECT ranking.analyze_signal_table({}, {})").format(
         sql.Literal(spec.postgres_schema), sql.Literal(spec.postgres_table)
     )
+    return Analyze(function, returns_row=True)
 
 
 STAGE_MONTH = sql.SQL("SELECT ranking.stage_month($1, $2, $3)")
@@ -101,4 +107,3 @@ SWAP_MONTH = sql.SQL("SELECT ranking.swap_month($1, $2, $3, $4)")
 # meanwhile), then gives up and is retried, with a growing pause, this many times.
 SWAP_LOCK_TIMEOUT = "2s"
 SWAP_ATTEMPTS = 6
-LOCK_NOT_AVAILABLE = "55P03"

@@ -13,12 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from replicator.config import TableSpec
 from replicator.errors import InputError
+from replicator.postgres import Session
 
 PARTITION_COLUMN = "year_month"
 
@@ -351,7 +351,7 @@ ORDER BY a.attnum
 """
 
 
-def postgres_columns(conn: psycopg.Connection[Any], spec: TableSpec) -> list[tuple[str, str, bool]]:
+def postgres_columns(conn: Session, spec: TableSpec) -> list[tuple[str, str, bool]]:
     """(name, format_type, nullable) of each column of the table's Postgres side, in order."""
     rows = conn.execute(_POSTGRES_COLUMNS, (spec.postgres_schema, spec.postgres_table)).fetchall()
     return [(str(name), str(type_name), bool(nullable)) for name, type_name, nullable in rows]

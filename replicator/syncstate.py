@@ -12,23 +12,23 @@ reader of `pg_locks` can tell a replication in flight.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from replicator.config import TableSpec
 from replicator.contract import MonthDigest
-from replicator.yearmonth import YearMonth
+from replicator.month import Month
+from replicator.postgres import Session
 
 SYNC_STATE = sql.Identifier("ranking", "signal_sync_state")
 
 
 @dataclass(frozen=True)
 class SyncState:
-    table: str
-    year_month: str
+    month: Month
     delta_version: int | None
     row_count: int | None
     synced_at: dt.datetime | None
@@ -54,7 +54,7 @@ class SyncState:
 
 
 _COLUMNS = sql.SQL(
-    "table_name, year_month, delta_version, row_count, synced_at, run_id, last_failure_at,"
+    "delta_version, row_count, synced_at, run_id, last_failure_at,"
     " last_failure_reason, consecutive_failures, content_digest, delta_table_id, delta_files,"
     " content_schema, anchor, verified_at"
 )
@@ -72,45 +72,52 @@ class Anchor:
     row_count: int
 
 
-def read_sync_state(conn: psycopg.Connection[Any], table: str, year_month: str) -> SyncState | None:
-    row = conn.execute(
+def read_sync_state(conn: Session, month: Month) -> SyncState | None:
+    row = conn.fetchone(
         sql.SQL("SELECT {} FROM {} WHERE table_name = %s AND year_month = %s").format(
             _COLUMNS, SYNC_STATE
         ),
-        (table, year_month),
+        (month.table, month.ym),
         binary=True,  # timestamps parse the same under any DateStyle
-    ).fetchone()
-    return SyncState(*row) if row else None
+    )
+    return SyncState(month, *row) if row else None
 
 
-def read_all_sync_states(conn: psycopg.Connection[Any]) -> list[SyncState]:
-    rows = conn.execute(
-        sql.SQL("SELECT {} FROM {} ORDER BY 1, 2").format(_COLUMNS, SYNC_STATE), binary=True
-    ).fetchall()
-    return [SyncState(*row) for row in rows]
+def read_all_sync_states(conn: Session, specs: Iterable[TableSpec]) -> dict[Month, SyncState]:
+    """The sync state of every month of the configured tables (others are not ours to read)."""
+    by_name = {spec.name: spec for spec in specs}
+    rows = conn.fetchall(
+        sql.SQL("SELECT table_name, year_month, {} FROM {} WHERE table_name = ANY(%s)").format(
+            _COLUMNS, SYNC_STATE
+        ),
+        (list(by_name),),
+        binary=True,
+    )
+    states = (SyncState(Month.of(by_name[row[0]], row[1]), *row[2:]) for row in rows)
+    return {state.month: state for state in states}
 
 
-def recorded_schema(conn: psycopg.Connection[Any], table: str) -> str | None:
+def recorded_schema(conn: Session, table: str) -> str | None:
     """The content schema of the table's most recent sync (names a renamed column's old name)."""
-    row = conn.execute(
+    found = conn.scalar(
         sql.SQL(
             "SELECT content_schema FROM {} WHERE table_name = %s AND content_schema IS NOT NULL"
             " ORDER BY coalesce(verified_at, synced_at) DESC NULLS LAST LIMIT 1"
         ).format(SYNC_STATE),
         (table,),
-    ).fetchone()
-    return None if row is None else row[0]
+    )
+    return None if found is None else str(found)
 
 
-def synced_run_id(conn: psycopg.Connection[Any], table: str, year_month: str) -> str | None:
+def synced_run_id(conn: Session, month: Month) -> str | None:
     """The run id of the month's last successful sync (to resolve a lost COMMIT answer)."""
-    row = conn.execute(
+    found = conn.scalar(
         sql.SQL("SELECT run_id FROM {} WHERE table_name = %s AND year_month = %s").format(
             SYNC_STATE
         ),
-        (table, year_month),
-    ).fetchone()
-    return None if row is None else row[0]
+        (month.table, month.ym),
+    )
+    return None if found is None else str(found)
 
 
 # -- the writer's statements (ADBC: $n placeholders) ------------------------------------------
@@ -144,10 +151,10 @@ RECORD_SYNC = sql.SQL(
 ).format(SYNC_STATE)
 
 
-def record_sync_params(table: str, year_month: str, run_id: str, anchor: Anchor) -> tuple[Any, ...]:
+def record_sync_params(month: Month, run_id: str, anchor: Anchor) -> tuple[Any, ...]:
     return (
-        table,
-        year_month,
+        month.table,
+        month.ym,
         run_id,
         anchor.delta_version,
         anchor.delta_table_id,
@@ -158,20 +165,18 @@ def record_sync_params(table: str, year_month: str, run_id: str, anchor: Anchor)
     )
 
 
-def reanchor(
-    conn: psycopg.Connection[Any], spec: TableSpec, state: SyncState, anchor: Anchor
-) -> dt.datetime | None:
+def reanchor(conn: Session, state: SyncState, anchor: Anchor) -> dt.datetime | None:
     """Moves a month's anchor to a newer Delta identity that the caller proved Postgres holds;
     commits on `conn` and returns the new `verified_at`. None (and nothing written) when a
     writer holds the month or synced it since `state` was read: its own record then stands."""
     with conn.transaction():
-        locked = conn.execute(
+        locked = conn.scalar(
             "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext(%s), %s)",
-            (spec.qualified_name, YearMonth.parse(state.year_month).lock_key),
-        ).fetchone()
-        if not (locked and locked[0]):
+            state.month.lock_key,
+        )
+        if not locked:
             return None
-        updated = conn.execute(
+        row = conn.fetchone(
             sql.SQL(
                 "UPDATE {} SET delta_version = %s, delta_table_id = %s, delta_files = %s,"
                 " content_schema = %s, content_digest = %s, row_count = %s,"
@@ -189,21 +194,18 @@ def reanchor(
                 anchor.content_schema,
                 anchor.content_digest,
                 anchor.row_count,
-                state.table,
-                state.year_month,
+                state.month.table,
+                state.month.ym,
                 state.run_id,
                 state.synced_at,
                 state.delta_version,
                 state.content_digest,
             ),
         )
-        row = updated.fetchone()
         return None if row is None else row[0]
 
 
-def record_failure(
-    conn: psycopg.Connection[Any], table: str, year_month: str, reason: str, run_id: str
-) -> None:
+def record_failure(conn: Session, month: Month, reason: str, run_id: str) -> None:
     """Counts one more consecutive failure of the month, with its (sanitized) reason."""
     conn.execute(
         sql.SQL(
@@ -216,19 +218,18 @@ def record_failure(
             " last_failure_run_id = EXCLUDED.last_failure_run_id,"
             " consecutive_failures = s.consecutive_failures + 1"
         ).format(SYNC_STATE),
-        (table, year_month, reason[:2000], run_id),
+        (month.table, month.ym, reason[:2000], run_id),
     )
 
 
-def replication_in_flight(
-    conn: psycopg.Connection[Any], spec: TableSpec, year_month: YearMonth
-) -> bool:
+def replication_in_flight(conn: Session, month: Month) -> bool:
     """Whether a writer holds the month's lock (see `month_lock_sql`)."""
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory'"
-        " AND granted AND objsubid = 2 AND database = (SELECT oid FROM pg_catalog.pg_database"
-        " WHERE datname = pg_catalog.current_database())"
-        " AND classid = pg_catalog.hashtext(%s)::oid AND objid = %s::integer::oid)",
-        (spec.qualified_name, year_month.lock_key),
-    ).fetchone()
-    return bool(row and row[0])
+    return bool(
+        conn.scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND objsubid = 2 AND database = (SELECT oid FROM pg_catalog.pg_database"
+            " WHERE datname = pg_catalog.current_database())"
+            " AND classid = pg_catalog.hashtext(%s)::oid AND objid = %s::integer::oid)",
+            month.lock_key,
+        )
+    )

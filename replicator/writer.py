@@ -1,6 +1,6 @@
 """The transactional month write: lock, replace, bulk COPY, verify, analyze, record, commit.
 
-One Postgres transaction per (table, month). Readers of the month see the old rows or the
+One Postgres transaction per month of one table. Readers of the month see the old rows or the
 new rows, never a mix; the sync state row is written in the same transaction, so it always
 describes what is there. The COPY streams Arrow batches straight from the Delta snapshot via
 ADBC's binary COPY, so memory does not grow with the month. How the month is replaced depends
@@ -11,7 +11,6 @@ the commit.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import time
@@ -20,13 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import adbc_driver_manager
-import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from replicator.config import Settings, TableSpec
+from replicator.config import PostgresSettings, Settings, TableSpec
 from replicator.contract import DeltaHasher, DigestAccumulator
 from replicator.delta import DeltaTableReader
 from replicator.errors import (
@@ -43,11 +40,13 @@ from replicator.layout import (
     SWAP_ATTEMPTS,
     SWAP_LOCK_TIMEOUT,
     SWAP_MONTH,
+    Analyze,
     Layout,
     analyze_statement,
     table_layout,
 )
-from replicator.postgres import Database
+from replicator.month import Month
+from replicator.postgres import AdbcSession, Database
 from replicator.schema import (
     PARTITION_COLUMN,
     Kind,
@@ -94,12 +93,17 @@ class WriteResult:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class WriteOptions:
+    """How to write one month (see `replicator write`)."""
+
+    delta_version: int | None = None
+    allow_empty: bool = False
+    force: bool = False
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
-
-
-def _adbc_sql(query: sql.Composable) -> str:
-    return query.as_string(None)
 
 
 class _BatchStream:
@@ -143,12 +147,191 @@ class _BatchStream:
         for name in self._strings:
             has_nul = pc.fill_null(pc.match_substring(batch.column(name), "\x00"), False)
             if pc.any(has_nul).as_py():
-                row = pc.index(has_nul, True).as_py()
-                key = {k: str(batch.column(k)[row].as_py()) for k in self.schema.spec.key_columns}
+                # The key is the serving data of a row: the message names the column only.
                 raise InputError(
-                    f"table {self.schema.spec.name}: column {name!r} of the row with key {key} "
-                    "contains a NUL byte, which Postgres text cannot hold"
+                    f"table {self.schema.spec.name}: column {name!r} of "
+                    f"{pc.sum(has_nul).as_py()} row(s) contains a NUL byte, which Postgres text "
+                    "cannot hold; remove it in Delta, then replicate the month again"
                 )
+
+
+@dataclass
+class _Transaction:
+    """One month's write under way: where it reads, where it writes, and its statements."""
+
+    db: Database
+    run_id: str
+    month: Month
+    reader: DeltaTableReader
+    schema: TableSchema
+    session: AdbcSession
+    options: WriteOptions
+    postgres: PostgresSettings
+
+    @property
+    def spec(self) -> TableSpec:
+        return self.month.spec
+
+    def plain(self, analyze: Analyze) -> int:
+        """DELETE the month, COPY it again, analyze the table, record, commit."""
+        self._lock_and_refuse_stale()
+        self.session.execute(
+            sql.SQL("DELETE FROM {} WHERE year_month = $1").format(self.schema.qualified_table),
+            (self.month.ym,),
+        )
+        stream = self._copy(self.spec.postgres_table)
+        self.session.execute(analyze.statement)
+        if analyze.returns_row:
+            self.session.fetchall()
+        return self._record_and_commit(stream)
+
+    def partitioned(self) -> int:
+        """A staging table made and committed first (`stage_month`), then one transaction:
+        load it, build its indexes and statistics (`finish_stage`), and swap it in as the
+        month's partition (`swap_month`) under the month's lock, waiting at most
+        SWAP_LOCK_TIMEOUT for the table's readers, retried from a savepoint so that the load
+        is not redone (replicator/layout.py). Nothing is visible to readers until the commit,
+        and the commit's fate, if its answer is lost, is read from sync state as for a plain
+        write."""
+        spec, session = self.spec, self.session
+        month = (spec.postgres_schema, spec.postgres_table, self.month.ym)
+        staging = str(session.query(STAGE_MONTH, month))
+        session.commit()
+        try:
+            stream = self._copy(staging)
+            session.query(FINISH_STAGE, (*month, staging))
+            self._swap(month, staging)
+            return self._record_and_commit(stream)
+        except BaseException:
+            session.rollback()
+            if not self._commit_landed():
+                self._drop_stage(month, staging)
+            raise
+
+    def _swap(self, month: tuple[str, str, str], staging: str) -> None:
+        session = self.session
+        for attempt in range(1, SWAP_ATTEMPTS + 1):
+            session.execute("SAVEPOINT swap")
+            try:
+                self._lock_and_refuse_stale()
+                session.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
+                session.query(SWAP_MONTH, (*month, staging))
+            except PostgresError as exc:
+                if exc.sqlstate != LOCK_NOT_AVAILABLE:
+                    raise
+                session.execute("ROLLBACK TO SAVEPOINT swap")
+                logger.warning(
+                    "%s: the table's readers held it past lock_timeout %s (attempt %d of %d);"
+                    " retrying the swap",
+                    self.month,
+                    SWAP_LOCK_TIMEOUT,
+                    attempt,
+                    SWAP_ATTEMPTS,
+                    extra=self.month.log,
+                )
+                time.sleep(min(30.0, 2.0**attempt))
+                continue
+            session.execute("SET LOCAL lock_timeout TO DEFAULT")
+            return
+        raise PostgresError(
+            f"{self.month}: readers held the table past lock_timeout {SWAP_ATTEMPTS} times; the "
+            "month was not swapped (the old one stands)"
+        )
+
+    def _drop_stage(self, month: tuple[str, str, str], staging: str) -> None:
+        """Best effort: a staging table left behind is dropped by the next stage a day later."""
+        try:
+            with self.db.session(autocommit=True) as conn:
+                conn.execute("SELECT ranking.drop_stage(%s, %s, %s, %s)", (*month, staging))
+        except PostgresError as exc:
+            logger.warning("could not drop the staging table %s: %s", staging, exc)
+
+    def _lock_and_refuse_stale(self) -> None:
+        """Takes the month's lock; refuses to replace a month held from a newer version."""
+        session, reader = self.session, self.reader
+        session.query(month_lock_sql("$1", "$2::integer"), self.month.lock_key)
+        session.execute(HELD_VERSION, self.month.labels)
+        held = session.fetchall()
+        held_version, held_table = held[0] if held else (None, None)
+        # A version of another table (dropped and recreated: versions restart) is not newer.
+        same_table = held_table in (None, reader.table_id)
+        newer = held_version is not None and held_version > reader.version and same_table
+        if newer and not self.options.force:
+            session.rollback()
+            raise StaleSnapshotError(
+                f"table {self.spec.name}: Postgres holds {self.month.ym} from Delta version "
+                f"{held_version}, newer than version {reader.version}; not replacing it "
+                "(use --force)"
+            )
+
+    def _copy(self, target: str) -> _BatchStream:
+        """Binary COPY of the month into `target` (the table, or a staging table)."""
+        stream = _BatchStream(
+            self.schema,
+            self.reader.scan_month(
+                self.month.year_month, self.schema.names, self.postgres.batch_rows
+            ),
+        )
+        try:
+            self.session.ingest(target, self.spec.postgres_schema, stream.reader())
+        except PostgresError:
+            # The connection may be gone: the original error is the one worth reporting.
+            self.session.rollback()
+            if stream.error is not None:
+                raise stream.error from None
+            raise
+        if self.postgres.verify_counts:
+            self._verify_counts(sql.Identifier(self.spec.postgres_schema, target), stream.rows)
+        return stream
+
+    def _record_and_commit(self, stream: _BatchStream) -> int:
+        reader, month = self.reader, self.month
+        anchor = Anchor(
+            delta_version=reader.version,
+            delta_table_id=reader.table_id,
+            delta_files=reader.month_fingerprint(month.year_month),
+            content_schema=stream.schema.content_schema,
+            content_digest=stream.digest.result().hex,
+            row_count=stream.rows,
+        )
+        self.session.execute(RECORD_SYNC, record_sync_params(month, self.run_id, anchor))
+        try:
+            self.session.commit()
+        except PostgresError:
+            # The acknowledgement may be lost after the server committed: sync state knows.
+            if self._commit_landed():
+                logger.warning(
+                    "commit acknowledgement lost for %s, but run %s landed",
+                    month,
+                    self.run_id,
+                    extra=month.log,
+                )
+                return stream.rows
+            raise
+        return stream.rows
+
+    def _verify_counts(self, table: sql.Identifier, streamed: int) -> None:
+        in_postgres = int(
+            self.session.query(
+                sql.SQL("SELECT count(*) FROM {} WHERE year_month = $1").format(table),
+                (self.month.ym,),
+            )
+        )
+        in_delta = self.reader.month_row_count(self.month.year_month)
+        expected = streamed if in_delta is None else in_delta
+        if in_postgres != expected or streamed != expected:
+            self.session.rollback()
+            raise PostgresError(
+                f"{self.month}: count check failed: Delta has {expected} rows, {streamed} were "
+                f"copied, Postgres holds {in_postgres}; rolled back"
+            )
+
+    def _commit_landed(self) -> bool:
+        try:
+            with self.db.session() as conn:
+                return synced_run_id(conn, self.month) == self.run_id
+        except PostgresError:
+            return False
 
 
 class MonthWriter:
@@ -181,47 +364,50 @@ class MonthWriter:
         force: bool = False,
     ) -> WriteResult:
         """Replicates one month; honours `write_required` for failures (see SPEC)."""
+        return self.write(
+            Month.of(spec, year_month), WriteOptions(delta_version, allow_empty, force)
+        )
+
+    def write(self, month: Month, options: WriteOptions = WriteOptions()) -> WriteResult:
+        """Replicates one month; honours `write_required` for failures (see SPEC)."""
         started = time.monotonic()
         db = self._database()
-        log = {"table": spec.name, "year_month": str(year_month), "run_id": self.run_id}
+        log = {**month.log, "run_id": self.run_id}
         if db is None:
-            logger.warning(
-                "POSTGRES_DSN is not set: replication of %s %s skipped", spec.name, year_month
-            )
+            logger.warning("POSTGRES_DSN is not set: replication of %s skipped", month)
             return WriteResult(
-                spec.name,
-                str(year_month),
+                month.table,
+                month.ym,
                 WriteStatus.SKIPPED,
                 run_id=self.run_id,
                 message="POSTGRES_DSN not set",
             )
         required = self.settings.postgres.write_required
         try:
-            result = self._write(db, spec, year_month, delta_version, allow_empty, force, started)
+            result = self._write(db, month, options, started)
         except StaleSnapshotError as exc:
             logger.warning("%s", exc, extra=log)
             if required:
                 raise
             return WriteResult(
-                spec.name, str(year_month), WriteStatus.STALE, run_id=self.run_id, message=str(exc)
+                month.table, month.ym, WriteStatus.STALE, run_id=self.run_id, message=str(exc)
             )
         except ReplicationError as exc:
-            self._record_failure(db, spec, year_month, str(exc))
-            logger.error("replication of %s %s failed: %s", spec.name, year_month, exc, extra=log)
+            self._record_failure(db, month, str(exc))
+            logger.error("replication of %s failed: %s", month, exc, extra=log)
             if required:
                 raise
             return WriteResult(
-                spec.name,
-                str(year_month),
+                month.table,
+                month.ym,
                 WriteStatus.FAILED,
                 run_id=self.run_id,
                 duration_seconds=time.monotonic() - started,
                 message=str(exc),
             )
         logger.info(
-            "replicated %s %s from Delta version %s: %d rows in %.2fs",
-            spec.name,
-            year_month,
+            "replicated %s from Delta version %s: %d rows in %.2fs",
+            month,
             result.delta_version,
             result.rows,
             result.duration_seconds,
@@ -231,41 +417,34 @@ class MonthWriter:
 
     # -- the transaction -----------------------------------------------------------------
     def _write(
-        self,
-        db: Database,
-        spec: TableSpec,
-        year_month: YearMonth,
-        delta_version: int | None,
-        allow_empty: bool,
-        force: bool,
-        started: float,
+        self, db: Database, month: Month, options: WriteOptions, started: float
     ) -> WriteResult:
+        spec = month.spec
         reader = DeltaTableReader(
-            spec, self.settings.table_uri(spec), self.settings.delta.storage_options, delta_version
+            spec,
+            self.settings.table_uri(spec),
+            self.settings.delta.storage_options,
+            options.delta_version,
         )
-        if not reader.has_month(year_month) and not allow_empty:
+        if not reader.has_month(month.year_month) and not options.allow_empty:
             raise InputError(
-                f"table {spec.name}: month {year_month} is absent from Delta version "
+                f"table {spec.name}: month {month.ym} is absent from Delta version "
                 f"{reader.version}; refusing to empty it in Postgres (pass --allow-empty)"
             )
-        with db.connect() as meta, db.errors(f"table {spec.name}"):
+        with db.session() as meta:
             layout = table_layout(meta, spec)
             pg_columns = postgres_columns(meta, spec)
             recorded = recorded_schema(meta, spec.name)
             analyze = analyze_statement(meta, spec) if layout is Layout.PLAIN else None
         schema = reconcile_schemas(spec, reader.columns(), pg_columns, recorded=recorded)
-        conn = db.connect_adbc()
-        try:
-            with conn.cursor() as cur:
-                rows = self._transaction(conn, cur, db, schema, reader, year_month, force, analyze)
-        except adbc_driver_manager.Error as exc:
-            raise db.translate(exc, f"table {spec.name} {year_month}: Postgres failed") from None
-        finally:
-            with contextlib.suppress(adbc_driver_manager.Error):
-                conn.close()
+        with db.adbc_session() as session:
+            transaction = _Transaction(
+                db, self.run_id, month, reader, schema, session, options, self.settings.postgres
+            )
+            rows = transaction.plain(analyze) if analyze else transaction.partitioned()
         return WriteResult(
-            spec.name,
-            str(year_month),
+            month.table,
+            month.ym,
             WriteStatus.WRITTEN,
             reader.version,
             rows,
@@ -273,240 +452,14 @@ class MonthWriter:
             self.run_id,
         )
 
-    def _transaction(
-        self,
-        conn: Any,
-        cur: Any,
-        db: Database,
-        schema: TableSchema,
-        reader: DeltaTableReader,
-        year_month: YearMonth,
-        force: bool,
-        analyze: sql.Composed | None,
-    ) -> int:
-        """`analyze` is how to analyze a plain table; None: the table is partitioned."""
-        if analyze is None:
-            return self._partitioned(conn, cur, db, schema, reader, year_month, force)
-        spec = schema.spec
-        self._lock_and_refuse_stale(conn, cur, spec, reader, year_month, force)
-        cur.execute(
-            _adbc_sql(
-                sql.SQL("DELETE FROM {} WHERE year_month = $1").format(schema.qualified_table)
-            ),
-            (str(year_month),),
-        )
-        stream = self._copy(conn, cur, schema, reader, year_month, spec.postgres_table)
-        cur.execute(_adbc_sql(analyze))
-        if analyze.as_string(None).startswith("SELECT"):
-            cur.fetchall()
-        return self._record_and_commit(conn, cur, db, spec, reader, year_month, stream)
-
-    def _partitioned(
-        self,
-        conn: Any,
-        cur: Any,
-        db: Database,
-        schema: TableSchema,
-        reader: DeltaTableReader,
-        year_month: YearMonth,
-        force: bool,
-    ) -> int:
-        """A staging table made and committed first (`stage_month`), then one transaction:
-        load it, build its indexes and statistics (`finish_stage`), and swap it in as the
-        month's partition (`swap_month`) under the month's lock, waiting at most
-        SWAP_LOCK_TIMEOUT for the table's readers, retried from a savepoint so that the load
-        is not redone (replicator/layout.py). Nothing is visible to readers until the commit,
-        and the commit's fate, if its answer is lost, is read from sync state as for a plain
-        write."""
-        spec = schema.spec
-        month = (spec.postgres_schema, spec.postgres_table, str(year_month))
-        cur.execute(_adbc_sql(STAGE_MONTH), month)
-        staging = str(cur.fetchall()[0][0])
-        conn.commit()
-        try:
-            stream = self._copy(conn, cur, schema, reader, year_month, staging)
-            cur.execute(_adbc_sql(FINISH_STAGE), (*month, staging))
-            cur.fetchall()
-            for attempt in range(1, SWAP_ATTEMPTS + 1):
-                cur.execute("SAVEPOINT swap")
-                try:
-                    self._lock_and_refuse_stale(conn, cur, spec, reader, year_month, force)
-                    cur.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
-                    cur.execute(_adbc_sql(SWAP_MONTH), (*month, staging))
-                    cur.fetchall()
-                except adbc_driver_manager.Error as exc:
-                    if getattr(exc, "sqlstate", None) != LOCK_NOT_AVAILABLE:
-                        raise
-                    cur.execute("ROLLBACK TO SAVEPOINT swap")
-                    logger.warning(
-                        "%s %s: the table's readers held it past lock_timeout %s (attempt %d of"
-                        " %d); retrying the swap",
-                        spec.name,
-                        year_month,
-                        SWAP_LOCK_TIMEOUT,
-                        attempt,
-                        SWAP_ATTEMPTS,
-                    )
-                    time.sleep(min(30.0, 2.0**attempt))
-                    continue
-                cur.execute("SET LOCAL lock_timeout TO DEFAULT")
-                return self._record_and_commit(conn, cur, db, spec, reader, year_month, stream)
-            raise PostgresError(
-                f"table {spec.name} {year_month}: readers held the table past lock_timeout "
-                f"{SWAP_ATTEMPTS} times; the month was not swapped (the old one stands)"
-            )
-        except BaseException:
-            with contextlib.suppress(adbc_driver_manager.Error):
-                conn.rollback()
-            if not self._commit_landed(db, spec, year_month):
-                self._drop_stage(db, month, staging)
-            raise
-
-    def _drop_stage(self, db: Database, month: tuple[str, str, str], staging: str) -> None:
-        """Best effort: a staging table left behind is dropped by the next stage a day later."""
-        try:
-            with db.connect(autocommit=True) as conn:
-                conn.execute("SELECT ranking.drop_stage(%s, %s, %s, %s)", (*month, staging))
-        except (PostgresError, psycopg.Error) as exc:
-            logger.warning("could not drop the staging table %s: %s", staging, db.scrub(str(exc)))
-
-    def _lock_and_refuse_stale(
-        self,
-        conn: Any,
-        cur: Any,
-        spec: TableSpec,
-        reader: DeltaTableReader,
-        year_month: YearMonth,
-        force: bool,
-    ) -> None:
-        """Takes the month's lock; refuses to replace a month held from a newer version."""
-        cur.execute(
-            _adbc_sql(month_lock_sql("$1", "$2::integer")),
-            (spec.qualified_name, year_month.lock_key),
-        )
-        cur.fetchall()
-        cur.execute(_adbc_sql(HELD_VERSION), (spec.name, str(year_month)))
-        held = cur.fetchall()
-        held_version, held_table = held[0] if held else (None, None)
-        # A version of another table (dropped and recreated: versions restart) is not newer.
-        same_table = held_table in (None, reader.table_id)
-        if held_version is not None and held_version > reader.version and same_table and not force:
-            conn.rollback()
-            raise StaleSnapshotError(
-                f"table {spec.name}: Postgres holds {year_month} from Delta version "
-                f"{held_version}, newer than version {reader.version}; not replacing it "
-                "(use --force)"
-            )
-
-    def _copy(
-        self,
-        conn: Any,
-        cur: Any,
-        schema: TableSchema,
-        reader: DeltaTableReader,
-        year_month: YearMonth,
-        target: str,
-    ) -> _BatchStream:
-        """Binary COPY of the month into `target` (the table, or a staging table)."""
-        spec = schema.spec
-        stream = _BatchStream(
-            schema, reader.scan_month(year_month, schema.names, self.settings.postgres.batch_rows)
-        )
-        try:
-            cur.adbc_ingest(
-                target, stream.reader(), mode="append", db_schema_name=spec.postgres_schema
-            )
-        except Exception:
-            # The connection may be gone: the original error is the one worth reporting.
-            with contextlib.suppress(adbc_driver_manager.Error):
-                conn.rollback()
-            if stream.error is not None:
-                raise stream.error from None
-            raise
-        if self.settings.postgres.verify_counts:
-            table = sql.Identifier(spec.postgres_schema, target)
-            self._verify_counts(cur, table, schema, reader, year_month, stream.rows, conn)
-        return stream
-
-    def _record_and_commit(
-        self,
-        conn: Any,
-        cur: Any,
-        db: Database,
-        spec: TableSpec,
-        reader: DeltaTableReader,
-        year_month: YearMonth,
-        stream: _BatchStream,
-    ) -> int:
-        anchor = Anchor(
-            delta_version=reader.version,
-            delta_table_id=reader.table_id,
-            delta_files=reader.month_fingerprint(year_month),
-            content_schema=stream.schema.content_schema,
-            content_digest=stream.digest.result().hex,
-            row_count=stream.rows,
-        )
-        cur.execute(
-            _adbc_sql(RECORD_SYNC),
-            record_sync_params(spec.name, str(year_month), self.run_id, anchor),
-        )
-        try:
-            conn.commit()
-        except adbc_driver_manager.Error:
-            # The acknowledgement may be lost after the server committed: sync state knows.
-            if self._commit_landed(db, spec, year_month):
-                logger.warning(
-                    "commit acknowledgement lost for %s %s, but run %s landed",
-                    spec.name,
-                    year_month,
-                    self.run_id,
-                )
-                return stream.rows
-            raise
-        return stream.rows
-
-    def _verify_counts(
-        self,
-        cur: Any,
-        table: sql.Identifier,
-        schema: TableSchema,
-        reader: DeltaTableReader,
-        year_month: YearMonth,
-        streamed: int,
-        conn: Any,
-    ) -> None:
-        cur.execute(
-            _adbc_sql(sql.SQL("SELECT count(*) FROM {} WHERE year_month = $1").format(table)),
-            (str(year_month),),
-        )
-        in_postgres = int(cur.fetchall()[0][0])
-        in_delta = reader.month_row_count(year_month)
-        expected = streamed if in_delta is None else in_delta
-        if in_postgres != expected or streamed != expected:
-            conn.rollback()
-            raise PostgresError(
-                f"table {schema.spec.name} {year_month}: count check failed: Delta has "
-                f"{expected} rows, {streamed} were copied, Postgres holds {in_postgres}; "
-                "rolled back"
-            )
-
-    # -- bookkeeping outside the write transaction ----------------------------------------
-    def _commit_landed(self, db: Database, spec: TableSpec, year_month: YearMonth) -> bool:
-        try:
-            with db.connect() as conn:
-                return synced_run_id(conn, spec.name, str(year_month)) == self.run_id
-        except (PostgresError, psycopg.Error):
-            return False
-
-    def _record_failure(
-        self, db: Database, spec: TableSpec, year_month: YearMonth, reason: str
-    ) -> None:
+    def _record_failure(self, db: Database, month: Month, reason: str) -> None:
         """Best effort, in its own transaction: the failure must be visible in sync state."""
         try:
-            with db.connect() as conn:
-                record_failure(conn, spec.name, str(year_month), db.scrub(reason), self.run_id)
-        except (PostgresError, psycopg.Error) as exc:
-            logger.warning("could not record the failure in sync state: %s", db.scrub(str(exc)))
+            with db.session() as conn:
+                record_failure(conn, month, db.scrub(reason), self.run_id)
+                conn.commit()
+        except PostgresError as exc:
+            logger.warning("could not record the failure in sync state: %s", exc)
 
 
 def write_months(
@@ -514,18 +467,18 @@ def write_months(
     year_month: YearMonth,
     tables: tuple[TableSpec, ...],
     *,
-    delta_version: int | None = None,
-    allow_empty: bool = False,
-    force: bool = False,
+    options: WriteOptions = WriteOptions(),
     run_id: str | None = None,
 ) -> list[WriteResult]:
     writer = MonthWriter(settings, run_id=run_id)
-    return [
-        writer.write_month(
-            spec, year_month, delta_version=delta_version, allow_empty=allow_empty, force=force
-        )
-        for spec in tables
-    ]
+    return [writer.write(Month.of(spec, year_month), options) for spec in tables]
 
 
-__all__ = ["DeltaError", "MonthWriter", "WriteResult", "WriteStatus", "write_months"]
+__all__ = [
+    "DeltaError",
+    "MonthWriter",
+    "WriteOptions",
+    "WriteResult",
+    "WriteStatus",
+    "write_months",
+]

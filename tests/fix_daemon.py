@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from replicator.config import AutoRepairSettings, DaemonSettings, Settings, with_overrides
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
@@ -63,7 +63,7 @@ def make_daemon(settings: Settings) -> Iterator[Callable[..., Daemon]]:
             ),
             auto_repair=auto_repair or AutoRepairSettings(),
         )
-        made.append(Daemon(lambda: configured, Overrides()))
+        made.append(Daemon(lambda: configured))
         return made[-1]
 
     yield make
@@ -146,7 +146,7 @@ def running_daemon(settings: Settings, write_month: WriteMonth) -> Iterator[tupl
             interval_seconds=0.5, metrics_addr="127.0.0.1:0", leader_lease_seconds=10.0
         ),
     )
-    daemon = Daemon(lambda: configured, Overrides())
+    daemon = Daemon(lambda: configured)
     server = daemon.serve_metrics()
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()

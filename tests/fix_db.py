@@ -50,6 +50,12 @@ def pg_server() -> Iterator[str]:
             server.cleanup()
 
 
+@pytest.fixture
+def own_postgres() -> None:
+    """For a test whose command starts an embedded Postgres of its own (the demo): it is an
+    integration test like those that use `pg_server` (see conftest.py)."""
+
+
 @contextlib.contextmanager
 def own_database(server: str, prefix: str, layout: Layout | None = None) -> Iterator[str]:
     """DSN of a database of the caller's own on `server` (a unique name starting with

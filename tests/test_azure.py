@@ -20,10 +20,10 @@ from reconciler.diff import diff_month
 from reconciler.repair import Repairer
 from reconciler.sample import ranking_signal, write_delta_month
 from replicator.config import with_overrides
+from replicator.month import Month
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 
-pytestmark = pytest.mark.integration
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's documented, public development key.
@@ -105,11 +105,14 @@ def test_replicate_check_diff_repair_on_azure(
     )
     assert MonthWriter(configured).write_month(spec, OCT).rows == 2_000
     checker = Checker.for_settings(configured)
-    assert checker.check(spec, OCT).status == "in_sync"
-    assert checker.check(spec, OCT, deep=True).status == "in_sync"
+    assert checker.check(Month.of(spec, OCT)).status == "in_sync"
+    assert checker.check(Month.of(spec, OCT), deep=True).status == "in_sync"
     pg.execute("UPDATE ranking.ranking_signal SET value = 0.5 WHERE rank = 17")
-    assert checker.check(spec, OCT).status == "drift"
+    assert checker.check(Month.of(spec, OCT)).status == "drift"
     diff = diff_month("ranking_signal", "2026-10", settings=configured).as_dict()
     assert diff["changed"] and all(c["columns"] == ["value"] for c in diff["changed"])
-    assert Repairer.for_settings(configured, actor="test").repair(spec, OCT).outcome == "repaired"
-    assert checker.check(spec, OCT, deep=True).status == "in_sync"
+    assert (
+        Repairer.for_settings(configured, actor="test").repair(Month.of(spec, OCT)).outcome
+        == "repaired"
+    )
+    assert checker.check(Month.of(spec, OCT), deep=True).status == "in_sync"

@@ -31,7 +31,6 @@ def test_docs_have_runnable_blocks() -> None:
     assert {name for name, _ in runnable_blocks()} >= {"README.md", "docs/cli.md"}
 
 
-@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("document", "block"), runnable_blocks(), ids=[name for name, _ in runnable_blocks()]

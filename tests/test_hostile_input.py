@@ -45,6 +45,7 @@ def invoke(main: Any, args: list[str]) -> Any:
     return CliRunner().invoke(main, args, catch_exceptions=True)
 
 
+@pytest.mark.slow  # 120 command lines
 @FUZZ
 @given(month=WEIRD)
 def test_fuzzed_month_is_refused_before_connecting(month: str, tmp_path_factory: Any) -> None:
@@ -179,7 +180,6 @@ CANARY_PASSWORD = "Cn4ry%p@ss w'rd"
 CANARY_URI = "Cn4ry%25p%40ss%20w'rd"
 
 
-@pytest.mark.integration
 def test_canary_password_never_leaks_from_any_command(
     cli_env: dict[str, str], silent_server: SilentServer, tmp_path: Path, pg_dsn: str
 ) -> None:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from exporter.server import MetricsAddressError, MetricsServer
 from exporter.webconfig import WebConfigError, load_web_config
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from replicator.config import load_settings
 from replicator.errors import InputError
 from tests.waiting import tool
@@ -253,7 +253,7 @@ def test_the_daemon_names_every_way_to_change_a_taken_address(tmp_path: Path) ->
             dsn="postgresql://nobody@127.0.0.1:1/none",
             environ={"RECONCILER_DAEMON_METRICS_ADDR": f"127.0.0.1:{port}"},
         )
-        daemon = Daemon(lambda: settings, Overrides())
+        daemon = Daemon(lambda: settings)
         with pytest.raises(InputError) as refused:
             daemon.serve_metrics()
     message = str(refused.value)

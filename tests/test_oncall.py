@@ -29,7 +29,6 @@ from tests.fix_delta import WriteMonth
 from tests.reconciler import alltypes
 from tests.waiting import free_port, until
 
-pytestmark = pytest.mark.integration
 OCT = YearMonth.parse("2026-10")
 BIN = Path(sys.executable).parent
 
@@ -360,7 +359,7 @@ def test_version_and_global_options_after_the_subcommand(cli: Any, write_month: 
 def test_status_exit_codes_and_no_internals(
     cli: Any, settings: Settings, write_month: WriteMonth, pg: psycopg.Connection[Any]
 ) -> None:
-    from reconciler.daemon import Daemon, Overrides
+    from reconciler.daemon import Daemon
 
     for table in ("ranking_signal", "composite_signal_daily"):
         write_month(table, "2026-10", rows=20)
@@ -368,7 +367,7 @@ def test_status_exit_codes_and_no_internals(
     never = cli("reconciler", "status")
     assert never.returncode == 1  # nothing compared yet: not known to be in sync
     assert "None" not in never.stdout and "never" in never.stdout
-    daemon = Daemon(lambda: settings, Overrides())
+    daemon = Daemon(lambda: settings)
     try:
         daemon.run_cycle()
     finally:
@@ -412,7 +411,7 @@ def test_check_output_shows_no_internals(
 # -- the demo -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_second_demo_in_the_same_folder_is_refused_and_the_first_left_intact(
-    tmp_path: Path,
+    tmp_path: Path, own_postgres: None
 ) -> None:
     folder = tmp_path / "demo"
     first = subprocess.Popen(

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from psycopg import sql
 
 from reconciler.cli import main
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from reconciler.migrate import migrate
 from replicator.config import DaemonSettings, Settings, load_settings, with_overrides
 from replicator.postgres import Database
@@ -95,7 +95,7 @@ def daemon_for(settings: Settings) -> Daemon:
     configured = with_overrides(
         settings, daemon=DaemonSettings(metrics_addr="127.0.0.1:0", leader_lease_seconds=5.0)
     )
-    return Daemon(lambda: configured, Overrides())
+    return Daemon(lambda: configured)
 
 
 def test_the_server_really_asks_for_the_password(password_server: PasswordServer) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from reconciler.sample import composite_signal_daily, ranking_signal, write_delta_month
 from replicator.config import DaemonSettings, Settings, with_overrides
 from replicator.errors import PostgresError
@@ -19,7 +19,7 @@ from replicator.yearmonth import YearMonth
 from tests.fix_db import KillableServer
 from tests.waiting import until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 OCT = YearMonth.parse("2026-10")
 
 
@@ -84,11 +84,11 @@ def test_daemon_survives_postgres_down_without_false_drift(
         daemon=DaemonSettings(interval_seconds=0.5, leader_lease_seconds=5.0),
         postgres={"connect_timeout_seconds": 2},
     )
-    daemon = Daemon(lambda: configured, Overrides())
+    daemon = Daemon(lambda: configured)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     try:
-        until(lambda: daemon.reconciler.last_cycle_timestamp is not None)
+        until(lambda: daemon.reconciler.last_cycle is not None)
         assert {m.status for m in daemon.months.values()} == {"in_sync"}
         killable.kill_immediately()
         until(lambda: daemon.reconciler.sources_up["postgres"] is False, timeout=30)

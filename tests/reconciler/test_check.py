@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from reconciler.check import Checker
 from reconciler.cli import main
 from replicator.config import Settings
+from replicator.month import Month
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.fix_db import LAYOUTS, SilentServer
@@ -25,14 +26,13 @@ OCT = YearMonth.parse("2026-10")
 
 
 def check(settings: Settings, table: str = "ranking_signal", deep: bool = False) -> Any:
-    return Checker.for_settings(settings).check(settings.table(table), OCT, deep=deep)
+    return Checker.for_settings(settings).check(Month.of(settings.table(table), OCT), deep=deep)
 
 
 def replicate(settings: Settings, table: str = "ranking_signal", **kwargs: Any) -> None:
     MonthWriter(settings).write_month(settings.table(table), OCT, **kwargs)
 
 
-@pytest.mark.integration
 class TestStatuses:
     def test_in_sync_then_lagging_after_a_new_delta_version(
         self, settings: Settings, write_month: WriteMonth
@@ -134,7 +134,6 @@ def run(*args: str) -> Any:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-@pytest.mark.integration
 def test_check_and_diff_json_and_exit_codes(
     cli_env: dict[str, str],
     write_month: WriteMonth,

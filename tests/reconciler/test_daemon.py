@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
 import signal
@@ -30,9 +32,13 @@ from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.fix_daemon import scrape, value
 from tests.fix_delta import WriteMonth
+from tests.months import month_key
 from tests.waiting import free_port, until
 
-pytestmark = pytest.mark.integration
+
+
+def ago(seconds: float) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
 
 
 def replicate(settings: Settings, table: str, month: str) -> None:
@@ -108,7 +114,7 @@ def test_cycle_statuses_metrics_and_idle_cycles(
 
         def drift_seen() -> bool:
             daemon.run_cycle()
-            return daemon.months[("ranking_signal", "2026-09")].status == "drift"
+            return daemon.months[month_key("ranking_signal", "2026-09")].status == "drift"
 
         until(drift_seen)
         rows = pg.execute(
@@ -127,10 +133,9 @@ def test_a_month_that_leaves_the_window_leaves_the_output(
     write_month("ranking_signal", "2023-01", rows=10)
     daemon = make_daemon(retention_months=48)
     daemon.run_cycle()
-    assert {m.year_month for m in daemon.view().months} == {"2026-10", "2023-01"}
-    daemon.settings = with_overrides(daemon.settings, daemon=DaemonSettings(retention_months=12))
-    daemon._configure()
-    assert {m.year_month for m in daemon.view().months} == {"2026-10"}
+    assert {m.labels[1] for m in daemon.view().months} == {"2026-10", "2023-01"}
+    daemon.apply(with_overrides(daemon.settings, daemon=DaemonSettings(retention_months=12)))
+    assert {m.labels[1] for m in daemon.view().months} == {"2026-10"}
 
 
 def test_auto_repair_within_guardrails(
@@ -147,7 +152,7 @@ def test_auto_repair_within_guardrails(
         AutoRepairSettings(enabled=True, grace_period_seconds=0, circuit_breaker_months=2)
     )
     breaker.run_cycle()
-    assert breaker.reconciler.circuit_open
+    assert breaker.reconciler.leading.circuit_open
     assert all(m.status == "drift" for m in breaker.months.values())
     assert pg.execute("SELECT count(*) FROM ranking.repair_audit").fetchone() == (0,)
     breaker.leader.release()
@@ -164,7 +169,9 @@ def test_auto_repair_within_guardrails(
     limited.run_cycle()
     statuses = sorted(m.status for m in limited.months.values())
     assert statuses == ["drift", "drift", "in_sync"]
-    assert limited.months[("ranking_signal", "2026-10")].status == "in_sync"  # newest first
+    assert (
+        limited.months[month_key("ranking_signal", "2026-10")].status == "in_sync"
+    )  # newest first
     limited.run_cycle()
     limited.run_cycle()  # the hourly budget (2) is spent: one month stays drifting
     assert sorted(m.status for m in limited.months.values()) == ["drift", "in_sync", "in_sync"]
@@ -190,10 +197,10 @@ def test_grace_period_delays_repair(
     write_month("ranking_signal", "2026-10", rows=5)
     daemon = make_daemon(AutoRepairSettings(enabled=True, grace_period_seconds=60))
     daemon.run_cycle()
-    assert daemon.months[("ranking_signal", "2026-10")].status == "missing"
-    daemon.months[("ranking_signal", "2026-10")].bad_since = time.time() - 61
+    assert daemon.months[month_key("ranking_signal", "2026-10")].status == "missing"
+    daemon.months[month_key("ranking_signal", "2026-10")].bad_since = ago(61)
     daemon.run_cycle()
-    assert daemon.months[("ranking_signal", "2026-10")].status == "in_sync"
+    assert daemon.months[month_key("ranking_signal", "2026-10")].status == "in_sync"
 
 
 def test_sources_down_are_reported_and_recovered(
@@ -206,10 +213,11 @@ def test_sources_down_are_reported_and_recovered(
     write_month("composite_signal_daily", "2026-10", rows=5)
     daemon = make_daemon()
     good = daemon.settings
-    daemon.settings = with_overrides(
-        good, dsn=Dsn("postgresql://x@127.0.0.1:1/db"), delta={"root": "/nonexistent/root"}
+    daemon.apply(
+        with_overrides(
+            good, dsn=Dsn("postgresql://x@127.0.0.1:1/db"), delta={"root": "/nonexistent/root"}
+        )
     )
-    daemon._configure()
     summary = daemon.run_cycle()
     assert summary.sources_up == {"delta": False, "postgres": False}
     assert (
@@ -217,8 +225,7 @@ def test_sources_down_are_reported_and_recovered(
         == 0
     )
     assert daemon.ready()[0] is False
-    daemon.settings = good
-    daemon._configure()
+    daemon.apply(good)
     assert daemon.run_cycle().sources_up == {"delta": True, "postgres": True}
     assert daemon.ready() == (True, "ready")
 
@@ -385,8 +392,8 @@ def test_months_in_error_are_never_auto_repaired(
         daemon = make_daemon(AutoRepairSettings(enabled=True, grace_period_seconds=0))
         for _ in range(3):
             daemon.run_cycle()
-        state = daemon.months[("ranking_signal", "2026-10")]
-        assert state.status == "error" and "surprise" in state.reason
+        state = daemon.months[month_key("ranking_signal", "2026-10")]
+        assert state.status == "error" and "surprise" in state.record.reason
         assert pg.execute("SELECT count(*) FROM ranking.repair_audit").fetchone() == (0,)
         assert (
             daemon.metrics.registry.get_sample_value(
@@ -418,7 +425,7 @@ def test_a_delta_error_during_planning_marks_delta_down_and_only_delta(
     daemon = make_daemon()
     summary = daemon.run_cycle()
     assert summary.sources_up == {"delta": False, "postgres": True}
-    assert daemon.months[("ranking_signal", "2026-10")].status == "in_sync"
+    assert daemon.months[month_key("ranking_signal", "2026-10")].status == "in_sync"
     registry = daemon.metrics.registry
     assert registry.get_sample_value("reconciler_source_up", {"source": "postgres"}) == 1
     assert registry.get_sample_value("reconciler_source_up", {"source": "delta"}) == 0
@@ -432,13 +439,15 @@ def test_a_table_removed_on_reload_takes_its_months_and_the_next_cycle_is_clean(
         replicate(settings, table, "2026-10")
     daemon = make_daemon()
     daemon.run_cycle()
-    assert {key[0] for key in daemon.months} == {"ranking_signal", "composite_signal_daily"}
+    assert {key.table for key in daemon.months} == {"ranking_signal", "composite_signal_daily"}
     one_table = with_overrides(daemon.settings, tables=(settings.table("ranking_signal"),))
     daemon._load_settings = lambda: one_table
     daemon.reload()
-    assert set(daemon.months) == {("ranking_signal", "2026-10")}
+    assert set(daemon.months) == {month_key("ranking_signal", "2026-10")}
     summary = daemon.run_cycle()
     assert summary.sources_up == {"delta": True, "postgres": True}
-    assert {m.table for m in daemon.view().months} == {"ranking_signal"}
-    daemon.months[("ranking_signal", "2026-10")].last_deep_check = 0  # a deep check is due
+    assert {m.labels[0] for m in daemon.view().months} == {"ranking_signal"}
+    state = daemon.months[month_key("ranking_signal", "2026-10")]
+    state.record = dataclasses.replace(state.record, proven_at=None)  # a deep check is due
+    state.anchored_at = None
     assert daemon.run_cycle().sources_up == {"delta": True, "postgres": True}

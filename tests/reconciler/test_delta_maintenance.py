@@ -26,14 +26,15 @@ from psycopg import sql
 
 from reconciler.check import Checker
 from reconciler.cli import main
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from reconciler.sample import ranking_signal, write_delta_month
 from replicator.config import DaemonSettings, Settings, TableSpec, with_overrides
+from replicator.month import Month
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.deltalog import DeltaLog
+from tests.months import month_key
 
-pytestmark = pytest.mark.integration
 
 OCT, SEP = YearMonth.parse("2026-10"), YearMonth.parse("2026-09")
 TABLE = "matrix_signal"  # its own Postgres table: cases alter it
@@ -345,23 +346,26 @@ def test_delta_maintenance_matrix(
         MonthWriter(configured).write_month(SPEC, month)
     columns = columns_of(case)
     written = postgres_rows(case, columns)
-    daemon = Daemon(lambda: configured, Overrides())
+    daemon = Daemon(lambda: configured)
     try:
         first = daemon.run_cycle()
         assert first.checked == 2
-        assert daemon.months[(TABLE, "2026-10")].status == "in_sync"
+        assert daemon.months[month_key(TABLE, "2026-10")].status == "in_sync"
 
         operation(case)
 
         checker = Checker.for_settings(configured)
-        plain, deep = checker.check(SPEC, OCT), checker.check(SPEC, OCT, deep=True)
+        plain, deep = (
+            checker.check(Month.of(SPEC, OCT)),
+            checker.check(Month.of(SPEC, OCT), deep=True),
+        )
         cycle = daemon.run_cycle()
-        by_daemon = daemon.months[(TABLE, "2026-10")]
+        by_daemon = daemon.months[month_key(TABLE, "2026-10")]
         assert (plain.status, deep.status) == (expect.check, expect.deep), (
             plain.reason,
             deep.reason,
         )
-        assert by_daemon.status == expect.check, by_daemon.reason
+        assert by_daemon.status == expect.check, by_daemon.record.reason
         for result in (plain, deep):
             if result.status == "error":
                 for words in expect.error_words:
@@ -375,7 +379,7 @@ def test_delta_maintenance_matrix(
             assert cycle.checked == 0, "a data-neutral operation made the daemon compute digests"
         if expect.check != "error":  # an error is retried every cycle; anything else settled
             assert daemon.run_cycle().checked == 0
-        assert checker.check(SPEC, OCT).status == expect.check
+        assert checker.check(Month.of(SPEC, OCT)).status == expect.check
         gate = CliRunner().invoke(
             main,
             ["status", "--require-in-sync", "--json", "--config", str(_config(tmp_path))],

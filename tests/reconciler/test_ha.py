@@ -21,7 +21,7 @@ from tests.fix_daemon import DaemonProcess
 from tests.fix_delta import WriteMonth
 from tests.waiting import until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 OCT = YearMonth.parse("2026-10")
 
 

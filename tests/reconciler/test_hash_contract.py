@@ -21,12 +21,12 @@ from reconciler.check import Checker
 from reconciler.diff import Differ
 from reconciler.sample import write_delta_month
 from replicator.config import Settings, load_settings, with_overrides
+from replicator.month import Month
 from replicator.postgres import Database
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.reconciler import alltypes
 
-pytestmark = pytest.mark.integration
 OCT = YearMonth.parse("2026-10")
 AWKWARD_TEXT = [
     "",
@@ -141,11 +141,15 @@ def contract(pg: psycopg.Connection[Any], pg_dsn: str, tmp_path: Path) -> Iterat
             MonthWriter(self.settings).write_month(alltypes.SPEC, month, allow_empty=True)
 
         def check(self, month: YearMonth = OCT, deep: bool = True) -> Any:
-            return Checker.for_settings(self.settings).check(alltypes.SPEC, month, deep=deep)
+            return Checker.for_settings(self.settings).check(
+                Month.of(alltypes.SPEC, month), deep=deep
+            )
 
         def diff(self, month: YearMonth = OCT) -> Any:
             db = Database.for_settings(self.settings)
-            return Differ(db, self.settings).diff(alltypes.SPEC, month, limit=50).as_dict()
+            return (
+                Differ(db, self.settings).diff(Month.of(alltypes.SPEC, month), limit=50).as_dict()
+            )
 
         def session(self, values: dict[str, str]) -> None:
             for name, value in values.items():

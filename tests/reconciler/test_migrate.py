@@ -9,11 +9,12 @@ import pytest
 from psycopg import sql
 
 from reconciler.migrate import migrate, packaged_migrations
+from replicator.month import Month
 from replicator.postgres import Database
 from replicator.secrets import Dsn
 from tests.fix_db import LAYOUTS
 
-pytestmark = [pytest.mark.integration, LAYOUTS]  # the roles hold on both layouts
+pytestmark = LAYOUTS  # the roles hold on both layouts
 
 
 def test_migrate_is_idempotent_and_recorded(pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
@@ -121,7 +122,7 @@ def test_functions_shadowing_builtins_are_never_called(
         month = YearMonth.parse("2026-10")
         MonthWriter(settings).write_month(settings.table("ranking_signal"), month)
         result = Checker.for_settings(settings).check(
-            settings.table("ranking_signal"), month, deep=True
+            Month.of(settings.table("ranking_signal"), month), deep=True
         )
         assert (result.status, result.delta_digest) == ("in_sync", result.postgres_digest)
     finally:

@@ -9,9 +9,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,30 +20,34 @@ from reconciler.daemon import Daemon
 from reconciler.sides import DeltaSide, PostgresSide, QueryLimits
 from replicator.config import DigestSettings, Settings, with_overrides
 from replicator.delta import DeltaTableReader
+from replicator.month import Month
+from replicator.postgres import Database, Session
 from replicator.schema import postgres_columns, reconcile_schemas
+from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.fix_db import LAYOUTS
 from tests.fix_delta import WriteMonth
 
-pytestmark = [pytest.mark.integration, LAYOUTS]
+pytestmark = LAYOUTS
 OCT = YearMonth.parse("2026-10")
 # Make the planner choose a parallel plan for any size of month, so that parallelism acts.
 EAGER = ("parallel_setup_cost = 0", "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0")
 
 
 def sides(
-    settings: Settings, conn: psycopg.Connection[Any], batch_rows: int
+    settings: Settings, conn: Session, batch_rows: int
 ) -> tuple[Callable[[int], DeltaSide], Callable[[int], PostgresSide]]:
     spec = settings.table("ranking_signal")
+    month = Month.of(spec, OCT)
     reader = DeltaTableReader(spec, settings.table_uri(spec), {})
     schema = reconcile_schemas(spec, reader.columns(), postgres_columns(conn, spec))
 
     def delta(workers: int) -> DeltaSide:
-        return DeltaSide(reader, schema, OCT, batch_rows, workers=workers)
+        return DeltaSide(reader, schema, month, batch_rows, workers=workers)
 
     def postgres(parallelism: int) -> PostgresSide:
-        return PostgresSide(conn, schema, OCT, limits=QueryLimits(parallelism))
+        return PostgresSide(conn, schema, month, limits=QueryLimits(parallelism))
 
     return delta, postgres
 
@@ -74,7 +76,7 @@ def test_digests_are_identical_whatever_the_parallelism(
 ) -> None:
     write_month("ranking_signal", "2026-10", rows=rows, seed=seed)
     MonthWriter(settings).write_month(settings.table("ranking_signal"), OCT, allow_empty=True)
-    with psycopg.connect(pg_dsn) as conn:
+    with Database(Dsn(pg_dsn)).session() as conn:
         delta, postgres = sides(settings, conn, batch_rows)
         for setting in EAGER:
             conn.execute(f"SET {setting}")
@@ -89,7 +91,7 @@ def test_the_postgres_digest_runs_in_parallel_when_allowed(
 ) -> None:
     write_month("ranking_signal", "2026-10", rows=20_000)
     MonthWriter(settings).write_month(settings.table("ranking_signal"), OCT)
-    with psycopg.connect(pg_dsn) as conn:
+    with Database(Dsn(pg_dsn)).session() as conn:
         _, postgres = sides(settings, conn, 4096)
         for setting in EAGER:
             conn.execute(f"SET {setting}")
@@ -99,7 +101,7 @@ def test_the_postgres_digest_runs_in_parallel_when_allowed(
             side = postgres(parallelism)
             side.limits.apply(conn)
             explained = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(side.digest_query())
-            (document,) = conn.execute(explained).fetchone()  # type: ignore[misc]
+            (document,) = conn.fetchone(explained)  # type: ignore[misc]
             plan = json.dumps(document)
             launched.append(sum(map(int, re.findall(r'"Workers Launched": (\d+)', plan))))
             conn.rollback()
@@ -112,7 +114,9 @@ def test_a_digest_past_its_statement_timeout_is_an_error_not_a_hang(
     write_month("ranking_signal", "2026-10", rows=200_000)
     MonthWriter(settings).write_month(settings.table("ranking_signal"), OCT)
     hurried = with_overrides(settings, digest={"statement_timeout_seconds": 0.001})
-    result = Checker.for_settings(hurried).check(settings.table("ranking_signal"), OCT, deep=True)
+    result = Checker.for_settings(hurried).check(
+        Month.of(settings.table("ranking_signal"), OCT), deep=True
+    )
     assert result.status == "error"
     assert "statement timeout" in result.reason
 
@@ -124,10 +128,11 @@ def test_pacing_and_digest_work_are_exported(
         write_month("ranking_signal", month, rows=30_000)
         write_month("composite_signal_daily", month, rows=1000)
     daemon = make_daemon()
-    daemon.settings = with_overrides(
-        daemon.settings, digest=DigestSettings(postgres_max_share=0.5, postgres_parallelism=1)
+    daemon.apply(
+        with_overrides(
+            daemon.settings, digest=DigestSettings(postgres_max_share=0.5, postgres_parallelism=1)
+        )
     )
-    daemon._configure()
     for month in ("2026-09", "2026-10"):
         for table in ("ranking_signal", "composite_signal_daily"):
             MonthWriter(daemon.settings).write_month(

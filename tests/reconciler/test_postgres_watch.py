@@ -18,14 +18,15 @@ from psycopg.conninfo import make_conninfo
 
 from reconciler.check import Checker
 from reconciler.cli import main as reconciler_main
-from reconciler.daemon import Daemon, Overrides
+from reconciler.daemon import Daemon
 from replicator.cli import main as replicator_main
 from replicator.config import DaemonSettings, Settings, with_overrides
+from replicator.month import Month
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.fix_delta import WriteMonth
+from tests.months import month_key
 
-pytestmark = pytest.mark.integration
 OCT = YearMonth.parse("2026-10")
 SILENT_UPDATE = (
     "UPDATE ranking.ranking_signal SET rank = -1 WHERE year_month = '2026-10' AND rank = 3"
@@ -56,7 +57,7 @@ def daemon_for(synced: Settings) -> Iterator[Callable[..., Daemon]]:
                 }
             ),
         )
-        made.append(Daemon(lambda: configured, Overrides()))
+        made.append(Daemon(lambda: configured))
         return made[-1]
 
     yield make
@@ -66,7 +67,7 @@ def daemon_for(synced: Settings) -> Iterator[Callable[..., Daemon]]:
 
 
 def status(daemon: Daemon) -> str:
-    return str(daemon.months[("ranking_signal", "2026-10")].status)
+    return str(daemon.months[month_key("ranking_signal", "2026-10")].status)
 
 
 def silent_write(dsn: str, statement: str = SILENT_UPDATE) -> None:
@@ -167,7 +168,7 @@ def test_a_replication_landing_mid_cycle_is_read_again_not_an_error(
     before = checker.latest(spec)  # the daemon's snapshot of Delta at the start of its cycle
     write_month("ranking_signal", "2026-10", rows=70, seed=5)
     MonthWriter(synced).write_month(spec, OCT)  # lands before the month is compared
-    result = checker.check(spec, OCT, latest=before)
+    result = checker.check(Month.of(spec, OCT), latest=before)
     assert (result.status, result.delta_version) == ("in_sync", before.version + 1), result.reason
 
 

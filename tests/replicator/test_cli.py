@@ -44,7 +44,6 @@ def test_unknown_table_is_rejected_before_any_connection(silent_server: SilentSe
     assert silent_server.accepted == []
 
 
-@pytest.mark.integration
 def test_write_json_and_exit_codes(
     cli_env: dict[str, str], write_month: WriteMonth, pg: psycopg.Connection[Any]
 ) -> None:
@@ -65,7 +64,6 @@ def test_write_json_and_exit_codes(
     assert "absent from Delta" in absent.stderr
 
 
-@pytest.mark.integration
 def test_best_effort_mode_exits_zero_and_records(
     cli_env: dict[str, str], pg: psycopg.Connection[Any]
 ) -> None:
@@ -102,7 +100,6 @@ def dsn_shapes(host: str, port: int, dbname: str) -> list[str]:
     ]
 
 
-@pytest.mark.integration
 def test_the_canary_password_never_leaks(
     cli_env: dict[str, str],
     write_month: WriteMonth,

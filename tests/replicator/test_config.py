@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from replicator.config import ConfigError, load_settings
+from replicator.config import ConfigError, Layout, load_settings
 from replicator.secrets import DsnError
 
 
@@ -50,7 +50,11 @@ def test_environment_overrides_file_and_arguments_override_environment(tmp_path:
         ("[[tables]]\nname = 'tablé'\nkey_columns = ['k']\n", "not a plain identifier"),
         ("[[tables]]\nname = 't'\nkey_columns = []\n", "at least one column"),
         ("[daemon]\ninterval_seconds = -1\n", "must be positive"),
-        ("[daemon]\ninterval_seconds = true\n", "wrong type"),
+        (
+            "[daemon]\ninterval_seconds = true\n",
+            "daemon.interval_seconds must be a number, got True",
+        ),
+        ("[postgres]\nlayout = 'flat'\n", "postgres.layout must be one of plain, partitioned"),
         ("[daemon]\nmetrics_addr = 'nohost'\n", "HOST:PORT"),
         ("[digest]\nbuckets = 100\n", "power of two"),
         ("not toml [", "not valid TOML"),
@@ -164,7 +168,7 @@ def test_kubernetes_service_links_are_not_settings() -> None:
         "RECONCILER_POSTGRES_PORT": "tcp://10.0.0.1:5432",
         "RECONCILER_POSTGRES_PORT_5432_TCP_ADDR": "10.0.0.1",
     }
-    assert load_settings(environ=env).postgres.layout == "plain"
+    assert load_settings(environ=env).postgres.layout is Layout.PLAIN
 
 
 def test_a_port_alone_listens_on_every_interface() -> None:

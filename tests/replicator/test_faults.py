@@ -20,6 +20,7 @@ from reconciler.check import Checker
 from reconciler.sample import ranking_signal, write_delta_month
 from replicator.config import Settings, with_overrides
 from replicator.errors import PostgresError
+from replicator.month import Month
 from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
@@ -27,7 +28,7 @@ from tests.fix_db import LAYOUTS
 from tests.fix_proxy import CommitSwallowingProxy
 from tests.waiting import until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, LAYOUTS]
+pytestmark = [pytest.mark.slow, LAYOUTS]
 OCT = YearMonth.parse("2026-10")
 OLD_ROWS, NEW_ROWS = 1_000, 400_000
 
@@ -148,7 +149,7 @@ def test_two_writers_of_one_month_serialize_into_one_complete_version(
         writer.start()
         time.sleep(0.05)
     until(lambda: copy_in_progress(pg))
-    seen_in_flight.append(Checker.for_settings(old_then_new).check(spec, OCT).status)
+    seen_in_flight.append(Checker.for_settings(old_then_new).check(Month.of(spec, OCT)).status)
     for writer in writers:
         writer.join(timeout=120)
     assert sorted(done) == ["v0", "v1"]
@@ -178,7 +179,7 @@ def test_delta_commit_during_the_read_keeps_the_pinned_version(
     assert writer_done.is_set()
     assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))  # the pinned version 1
     assert (
-        Checker.for_settings(old_then_new).check(spec, OCT).status == "lagging"
+        Checker.for_settings(old_then_new).check(Month.of(spec, OCT)).status == "lagging"
     )  # version 2 waits
 
 
@@ -250,9 +251,9 @@ def test_a_writer_racing_a_repair_serialize(
     job.start()
     until(lambda: copy_in_progress(pg))
     result = Repairer.for_settings(old_then_new, actor="test").repair(
-        spec, OCT
+        Month.of(spec, OCT)
     )  # waits for the month's lock
     job.join(timeout=120)
     assert result.outcome in ("repaired", "skipped")
     assert month_state(pg) == (NEW_ROWS, NEW_ROWS, (1, NEW_ROWS))
-    assert comparer.check(spec, OCT, deep=True).status == "in_sync"
+    assert comparer.check(Month.of(spec, OCT), deep=True).status == "in_sync"

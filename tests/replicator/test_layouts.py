@@ -27,15 +27,16 @@ from reconciler.sample import GENERATORS
 from replicator.config import Settings, load_settings
 from replicator.errors import InputError
 from replicator.layout import Layout
+from replicator.month import Month
 from replicator.postgres import Database
 from replicator.secrets import Dsn
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.fix_db import LAYOUTS, own_database
 from tests.fix_delta import WriteMonth
+from tests.months import month_key
 from tests.waiting import until
 
-pytestmark = pytest.mark.integration
 OCT = YearMonth.parse("2026-10")
 DIGEST_PLAN = (
     "EXPLAIN (FORMAT JSON) SELECT count(*), sum(hashtextextended(entity_id, 0))"
@@ -290,14 +291,14 @@ def test_diff_repair_and_outside_writes_on_partitions(
     until_counted(pg, "ranking_signal_202610", "n_tup_upd")
     daemon.run_cycle()
     assert compared() == before + 1
-    assert daemon.months[("ranking_signal", "2026-10")].status == "drift"
-    assert daemon.months[("ranking_signal", "2026-09")].status == "in_sync"
+    assert daemon.months[month_key("ranking_signal", "2026-10")].status == "drift"
+    assert daemon.months[month_key("ranking_signal", "2026-09")].status == "in_sync"
     result = Differ(Database.for_settings(settings), settings).diff(
-        settings.table("ranking_signal"), OCT
+        Month.of(settings.table("ranking_signal"), OCT)
     )
     assert result.totals["changed"] == 300
     repaired = Repairer.for_settings(settings, actor="test").repair(
-        settings.table("ranking_signal"), OCT
+        Month.of(settings.table("ranking_signal"), OCT)
     )
     assert repaired.outcome == "repaired"
     # A partition swapped in by hand (not by the replicator) is noticed too.
@@ -312,9 +313,11 @@ def test_diff_repair_and_outside_writes_on_partitions(
     )
     until_counted(pg, "by_hand", "n_tup_ins")
     daemon.run_cycle()
-    assert daemon.months[("ranking_signal", "2026-09")].status == "drift"
-    assert daemon.months[("ranking_signal", "2026-10")].status == "in_sync"
-    check = Checker.for_settings(settings).check(settings.table("ranking_signal"), OCT, deep=True)
+    assert daemon.months[month_key("ranking_signal", "2026-09")].status == "drift"
+    assert daemon.months[month_key("ranking_signal", "2026-10")].status == "in_sync"
+    check = Checker.for_settings(settings).check(
+        Month.of(settings.table("ranking_signal"), OCT), deep=True
+    )
     assert check.status == "in_sync"
 
 
@@ -419,7 +422,9 @@ def test_conversion_under_concurrent_reads_and_writes_loses_and_duplicates_nothi
     checker = Checker.for_settings(settings)
     for month in months:
         for table in ("ranking_signal", "composite_signal_daily"):
-            result = checker.check(settings.table(table), YearMonth.parse(month), deep=True)
+            result = checker.check(
+                Month.of(settings.table(table), YearMonth.parse(month)), deep=True
+            )
             assert result.status == "in_sync", (table, month, result.reason)
     # Converting again finds nothing to do.
     assert migrate(Database(Dsn(plain_database)), settings.tables, Layout.PARTITIONED) == []
@@ -465,9 +470,9 @@ def test_a_check_in_progress_never_sees_a_swapped_month_empty(
     MonthWriter(settings).write_month(spec, OCT)
     write_month("ranking_signal", "2026-10", rows=700, seed=2)
     query = "SELECT count(*) FROM ranking.ranking_signal WHERE year_month = '2026-10'"
-    with psycopg.connect(pg_dsn) as conn:
+    with Database(Dsn(pg_dsn)).session() as conn:
         open_snapshot_transaction(conn, spec)
-        assert conn.execute(query).fetchone() == (500,)
+        assert conn.fetchone(query) == (500,)
         writer = threading.Thread(target=MonthWriter(settings).write_month, args=(spec, OCT))
         writer.start()
         time.sleep(1.0)  # the writer has loaded its staging table and waits to swap

@@ -18,7 +18,7 @@ from replicator.yearmonth import YearMonth
 from tests.fix_db import LAYOUTS, SilentServer
 from tests.fix_delta import WriteMonth
 
-pytestmark = [pytest.mark.integration, LAYOUTS]
+pytestmark = LAYOUTS
 OCT = YearMonth.parse("2026-10")
 COLUMNS = "signal_date, entity_id, signal_name, value, rank, computed_at"
 
@@ -153,7 +153,7 @@ def test_incompatible_schema_is_named_before_any_write(
     assert pg_rows(pg) == arrow_rows(good)
 
 
-def test_nul_byte_is_rejected_with_table_column_and_key(
+def test_nul_byte_is_rejected_with_table_and_column_but_no_row_data(
     settings: Settings, write_month: WriteMonth, pg: psycopg.Connection[Any]
 ) -> None:
     from reconciler.sample import ranking_signal
@@ -165,12 +165,9 @@ def test_nul_byte_is_rejected_with_table_column_and_key(
     names[7] = "ctr\x00evil"
     bad = bad.set_column(3, "signal_name", pa.array(names))
     write_month("ranking_signal", "2026-10", data=bad)
-    with pytest.raises(
-        InputError,
-        match=r"ranking_signal: column 'signal_name'.*'entity_id': "
-        r"'entity-0'.*NUL byte",
-    ):
+    with pytest.raises(InputError, match=r"ranking_signal: column 'signal_name'.*NUL byte") as e:
         MonthWriter(settings).write_month(settings.table("ranking_signal"), OCT)
+    assert "entity-" not in str(e.value) and "evil" not in str(e.value)  # no serving data
     assert pg_rows(pg) == arrow_rows(good)
 
 

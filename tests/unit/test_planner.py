@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from reconciler.monthstate import DeltaInputs, MonthInputs, MonthState, SyncAnchor
 from reconciler.planner import CycleSnapshot, MonthMetadata, Periods, PlannedCheck, plan
+from reconciler.record import MonthRecord
 from reconciler.verdict import Status
 from replicator.delta import ChangeKind
+from replicator.month import Month
 from replicator.syncstate import SyncState
-from replicator.yearmonth import YearMonth
+from tests.months import month_key
 
-NOW = 1_000_000.0
-SYNC = SyncState("t", "2026-10", 3, 10, None, "run", None, None, 0, "rh1:10:00")
+NOW = dt.datetime(2026, 11, 5, 12, tzinfo=dt.UTC)
+SYNC = SyncState(month_key("t", "2026-10"), 3, 10, None, "run", None, None, 0, "rh1:10:00")
+
+
+def ago(seconds: float) -> dt.datetime:
+    return NOW - dt.timedelta(seconds=seconds)
+
+
 PERIODS = Periods(
     interval_seconds=60, postgres_check_period_seconds=900, deep_check_period_seconds=3600
 )
@@ -22,20 +32,18 @@ def inputs(change: ChangeKind = ChangeKind.UNCHANGED, since: int | None = None) 
 
 
 def meta(ym: str, table: str = "t", **kw: object) -> MonthMetadata:
-    return MonthMetadata(table, YearMonth.parse(ym), inputs(**kw), SYNC)  # type: ignore[arg-type]
+    return MonthMetadata(month_key(table, ym), inputs(**kw), SYNC)  # type: ignore[arg-type]
 
 
 def known(
     m: MonthMetadata, status: Status = Status.IN_SYNC, pg_ago: float = 60, deep_ago: float = 60
 ) -> MonthState:
-    return MonthState(
-        m.table,
-        str(m.year_month),
-        status=status,
-        compared=m.inputs,
-        last_postgres_check=NOW - pg_ago,
-        last_deep_check=NOW - deep_ago,
-    )
+    record = MonthRecord(m.month, status, postgres_checked_at=ago(pg_ago), proven_at=ago(deep_ago))
+    return MonthState(record, compared=m.inputs)
+
+
+def check(m: Month, deep: bool = False, why: str = "changed") -> PlannedCheck:
+    return PlannedCheck(m, deep, why)
 
 
 def snapshot(*months: MonthMetadata, suspicious: dict[str, str] | None = None) -> CycleSnapshot:
@@ -45,11 +53,11 @@ def snapshot(*months: MonthMetadata, suspicious: dict[str, str] | None = None) -
 def planned(
     snap: CycleSnapshot, states: list[MonthState], periods: Periods = PERIODS
 ) -> list[PlannedCheck]:
-    return plan(snap, {s.key: s for s in states}, periods)
+    return plan(snap, {s.month: s for s in states}, periods)
 
 
 def months_of(checks: list[PlannedCheck]) -> list[str]:
-    return [str(c.year_month) for c in checks]
+    return [c.month.ym for c in checks]
 
 
 def test_nothing_changed_nothing_compared() -> None:
@@ -80,7 +88,7 @@ def test_a_table_the_postgres_watch_no_longer_vouches_for_is_compared_again() ->
     result = planned(
         snapshot(*months, suspicious={"u": "the table was rewritten"}), [known(m) for m in months]
     )
-    assert [(c.table, c.why) for c in result] == [("u", "the table was rewritten")]
+    assert [(c.month.table, c.why) for c in result] == [("u", "the table was rewritten")]
 
 
 def test_months_of_an_unreadable_table_keep_their_last_status() -> None:
@@ -94,13 +102,13 @@ def test_postgres_re_checks_take_the_most_overdue_first_within_the_budget() -> N
     states = [known(m, pg_ago=900 + i) for i, m in enumerate(months)]
     result = planned(snapshot(*months), states)
     # ten months, a 60 s cycle, a 15-minute period: ceil(10 * 60 / 900) = 1 per cycle
-    assert result == [PlannedCheck("t", YearMonth.parse("2026-10"), False, "Postgres re-check due")]
+    assert result == [check(month_key("t", "2026-10"), False, "Postgres re-check due")]
 
 
 def test_a_month_never_re_digested_is_due() -> None:
     m = meta("2026-10")
     state = known(m)
-    state.last_postgres_check = None
+    state.record = MonthRecord(state.month, state.status, proven_at=state.record.proven_at)
     assert months_of(planned(snapshot(m), [state])) == ["2026-10"]
 
 
@@ -108,9 +116,9 @@ def test_deep_checks_count_from_the_sync_or_the_last_deep_check() -> None:
     m = meta("2026-10")
     state = known(m, deep_ago=7200)
     assert planned(snapshot(m), [state]) == [
-        PlannedCheck("t", YearMonth.parse("2026-10"), True, "deep check due")
+        check(month_key("t", "2026-10"), True, "deep check due")
     ]
-    state.anchored_at = NOW - 10  # a sync digested the month's Delta rows ten seconds ago
+    state.anchored_at = ago(10)  # a sync digested the month's Delta rows ten seconds ago
     assert planned(snapshot(m), [state]) == []
 
 
@@ -118,18 +126,20 @@ def test_a_month_both_changed_and_due_is_compared_once_deep() -> None:
     state = known(meta("2026-10"), deep_ago=7200)
     changed = meta("2026-10", change=ChangeKind.CHANGED, since=4)
     assert planned(snapshot(changed), [state]) == [
-        PlannedCheck("t", YearMonth.parse("2026-10"), True, "deep check due")
+        check(month_key("t", "2026-10"), True, "deep check due")
     ]
 
 
 def test_a_restarted_process_compares_first_and_deep_when_due() -> None:
     m = meta("2026-10")
-    fresh = MonthState("t", "2026-10", anchored_at=NOW - 10)  # unknown to this process
+    fresh = MonthState(MonthRecord(month_key("t", "2026-10")), anchored_at=ago(10))  # unknown here
     assert planned(snapshot(m), [fresh]) == [
-        PlannedCheck("t", YearMonth.parse("2026-10"), why="not compared yet")
+        check(month_key("t", "2026-10"), why="not compared yet")
     ]
     # An earlier process recorded its last deep check two hours ago: due now, not postponed.
-    overdue = MonthState("t", "2026-10", last_deep_check=NOW - 7200, anchored_at=NOW - 9000)
+    overdue = MonthState(
+        MonthRecord(month_key("t", "2026-10"), proven_at=ago(7200)), anchored_at=ago(9000)
+    )
     assert planned(snapshot(m), [overdue]) == [
-        PlannedCheck("t", YearMonth.parse("2026-10"), True, "deep check due")
+        check(month_key("t", "2026-10"), True, "deep check due")
     ]
