@@ -111,10 +111,11 @@ class Reconciler:
         if not leading:
             self.leading.circuit_open = False  # the leader's to say
         complete = all(up.values()) and self.problem is None and not stop.is_set()
-        if up["postgres"] and self.problem is None:
-            self._keep_books(log, leading=leading, complete=complete)
-        if complete and leading:
-            self.last_cycle = dt.datetime.now(dt.UTC)
+        kept = up["postgres"] and self.problem is None
+        if kept:
+            kept = self._keep_books(log, leading=leading, complete=complete)
+        if complete and leading and not kept:
+            self.last_cycle = dt.datetime.now(dt.UTC)  # no heartbeat recorded: our own clock
         logger.info(
             "cycle done: %d comparisons, %d repairs in %.2fs",
             summary.checked,
@@ -137,7 +138,7 @@ class Reconciler:
                 logger.error("Delta table %s unavailable: %s", spec.name, exc, extra=log)
         return readers, up
 
-    def _keep_books(self, log: dict[str, str], *, leading: bool, complete: bool) -> None:
+    def _keep_books(self, log: dict[str, str], *, leading: bool, complete: bool) -> bool:
         """The leader records its complete cycle (the heartbeat every replica exports as the
         dead-man's switch); every replica reads the audited repairs (the same on each, manual
         ones included) and each month's failed repairs since its last successful one."""
@@ -145,14 +146,14 @@ class Reconciler:
         try:
             with self.context.db.session() as conn:
                 if leading and complete:
-                    beat(conn, self.context.repairer.actor)
+                    heartbeat = beat(conn, self.context.repairer.actor)
                 elif complete:
                     heartbeat = last_beat(conn)
                 counts = repair_counts(conn)
                 failing = failing_repairs(conn)
         except PostgresError as exc:
             logger.warning("could not keep the cycle's books: %s", exc, extra=log)
-            return
+            return False
         if heartbeat is not None:
             self.last_cycle = heartbeat
         for spec in self.context.settings.tables:
@@ -163,3 +164,4 @@ class Reconciler:
         for month, state in self.months.items():
             failures = 0 if state.record.in_sync else failing.get(month.labels, 0)
             state.record = dataclasses.replace(state.record, repair_failures=failures)
+        return heartbeat is not None or not (leading and complete)

@@ -90,15 +90,18 @@ class LeaderLock:
         self._conn, self._held = None, False
 
 
-def beat(conn: Session, instance: str) -> None:
-    """The leader completed a cycle; commits on `conn`."""
-    conn.execute(
+def beat(conn: Session, instance: str) -> dt.datetime | None:
+    """The leader completed a cycle; commits on `conn` and returns the time recorded (the one
+    every replica exports)."""
+    found = conn.scalar(
         "INSERT INTO ranking.leader_heartbeat (instance, cycle_completed_at)"
         " VALUES (%s, now()) ON CONFLICT (singleton) DO UPDATE"
-        " SET instance = EXCLUDED.instance, cycle_completed_at = EXCLUDED.cycle_completed_at",
+        " SET instance = EXCLUDED.instance, cycle_completed_at = EXCLUDED.cycle_completed_at"
+        " RETURNING cycle_completed_at",
         (instance,),
     )
     conn.commit()
+    return found if isinstance(found, dt.datetime) else None
 
 
 def last_beat(conn: Session) -> dt.datetime | None:

@@ -36,7 +36,6 @@ from tests.months import month_key
 from tests.waiting import free_port, until
 
 
-
 def ago(seconds: float) -> dt.datetime:
     return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
 
@@ -56,7 +55,6 @@ def test_cycle_statuses_metrics_and_idle_cycles(
     write_month("composite_signal_daily", "2026-10", rows=20)
     replicate(settings, "ranking_signal", "2026-10")
     replicate(settings, "ranking_signal", "2026-09")
-    time.sleep(1.1)
     write_month("ranking_signal", "2026-10", rows=45, seed=2)  # Delta moved on: lagging
     daemon = make_daemon()
     server = daemon.serve_metrics()
@@ -237,8 +235,8 @@ def test_leader_lock_and_lease(pg_dsn: str) -> None:
         assert first.try_acquire()
         assert not second.try_acquire()
         assert first.still_leader()
-        time.sleep(2.5)  # the leader stops pinging: its session is ended after the lease
-        assert second.try_acquire()
+        # The leader stops pinging: its session is ended after the lease, and the lock is free.
+        until(second.try_acquire, 10, "the lease to end")
         assert not first.still_leader()
         second.release()
         assert first.try_acquire()

@@ -35,7 +35,6 @@ from replicator.yearmonth import YearMonth
 from tests.deltalog import DeltaLog
 from tests.months import month_key
 
-
 OCT, SEP = YearMonth.parse("2026-10"), YearMonth.parse("2026-09")
 TABLE = "matrix_signal"  # its own Postgres table: cases alter it
 SPEC = TableSpec(TABLE, ("signal_date", "entity_id", "signal_name"))

@@ -29,6 +29,20 @@ def audit_actors(pg: psycopg.Connection[Any]) -> list[str]:
     return [row[0] for row in pg.execute("SELECT actor FROM ranking.repair_audit ORDER BY id")]
 
 
+def cycles_after(daemon: DaemonProcess, count: int) -> None:
+    """Waits until the leader has completed `count` more cycles, as `daemon` exports them
+    (a follower exports the leader's heartbeat)."""
+    for _ in range(count):
+        mark = time.time()
+        until(
+            lambda mark=mark: (
+                (daemon.metric("reconciler_last_cycle_timestamp_seconds") or 0) > mark
+            ),
+            30,
+            "another complete cycle",
+        )
+
+
 def test_leader_frozen_past_its_lease_is_replaced_and_never_repairs(
     daemons: Callable[[], DaemonProcess],
     settings: Settings,
@@ -50,7 +64,7 @@ def test_leader_frozen_past_its_lease_is_replaced_and_never_repairs(
     os.kill(first.proc.pid, signal.SIGCONT)
     until(lambda: bool(audit_actors(pg)), 30, "a repair")
     until(lambda: first.metric("reconciler_leader") == 0.0, 30, "the woken daemon to step down")
-    time.sleep(3)
+    cycles_after(first, 2)  # two more complete cycles: a late repair would be in the audit
     actors = audit_actors(pg)
     assert actors and all(a.endswith(f":{second.proc.pid}") for a in actors), actors
 
@@ -108,7 +122,7 @@ def test_daemon_killed_mid_repair_leaves_the_month_atomic_and_it_is_repaired_onc
         "the repair",
     )
     assert pg.execute("SELECT count(*) FROM ranking.ranking_signal").fetchone() == (300_000,)
-    time.sleep(2)
+    cycles_after(second, 2)
     outcomes = [row[0] for row in pg.execute("SELECT outcome FROM ranking.repair_audit")]
     assert outcomes == ["repaired"]  # repaired once
     assert second.proc.poll() is None
