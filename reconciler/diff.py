@@ -1,11 +1,8 @@
-"""Which rows differ, and how: a drifted month narrowed to buckets, then to keys and values.
+"""Which rows differ, and how: a month narrowed to differing buckets, then to keys and values.
 
-Pass 1 digests both sides at once by row-hash bucket, each keeping on disk what finds a row
-again: the Delta side every batch it hashed (Arrow IPC), the Postgres side each row's hash and
-ctid (read as Arrow through ADBC, in the same snapshot). Pass 2 reads back only the rows of the
-differing buckets, from the Delta spill and by ctid from Postgres, a bounded number at a time;
-neither side is hashed twice. Rows are matched by key as multisets, so each differing key is
-reported as what it is: only in Delta, only in Postgres, duplicated (with the copies on each
+`reconciler.localize` finds the rows of the differing buckets on both sides (two passes,
+memory bounded by those rows); here they are matched by key as multisets, so each differing key
+is reported as what it is: only in Delta, only in Postgres, duplicated (with the copies on each
 side), or changed (with each differing column's Delta and Postgres values, rendered as the
 column's type). Totals always count everything; `limit` only limits what is listed; `output`
 writes every difference to Parquet or CSV.
@@ -14,11 +11,8 @@ writes every difference to Parquet or CSV.
 from __future__ import annotations
 
 import csv
-import datetime as dt
-import decimal
 import enum
 import logging
-import math
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -31,13 +25,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reconciler.check import open_snapshot_transaction
-from reconciler.sides import DeltaSide, PostgresSide, QueryLimits, SideRow
+from reconciler.localize import (
+    Localizer,
+    PassOptions,
+    Scalar,
+    SideRow,
+    buckets_for,
+    chunks_of,
+    side_rows,
+)
+from reconciler.sides import PostgresSide, QueryLimits
 from replicator.config import Settings, load_settings
+from replicator.contract import verify_server_hash
 from replicator.delta import ChangeKind, DeltaTableReader
-from replicator.errors import InputError, ReplicationError
+from replicator.errors import DeltaError, InputError, ReplicationError
 from replicator.month import Month
-from replicator.postgres import Database
-from replicator.schema import Column, Encoding, TableSchema, postgres_columns, reconcile_schemas
+from replicator.postgres import Database, Session
+from replicator.schema import TableSchema, postgres_columns, reconcile_schemas
 from replicator.syncstate import SyncState, read_sync_state
 from replicator.yearmonth import YearMonth
 
@@ -45,12 +49,6 @@ if TYPE_CHECKING:
     import pandas
 
 logger = logging.getLogger(__name__)
-
-# Rows of differing buckets read per pass, bounding the diff's memory.
-ROWS_PER_PASS = 200_000
-# Rows per bucket aimed at: more buckets for bigger months, so a few changed rows fetch little.
-ROWS_PER_BUCKET = 64
-MAX_BUCKETS = 65_536
 
 
 class Kind(enum.StrEnum):
@@ -72,50 +70,6 @@ _LABELS = {
     Kind.DUPLICATED: "duplicated",
     Kind.CHANGED: "changed",
 }
-
-
-def render_value(value: Any, column: Column) -> str | None:
-    """A value as the column's type shows it, identical whichever side it came from; None is
-    NULL. Doubles are shortest round-trip text: two doubles that differ print differently."""
-    if value is None:
-        return None
-    encoding = column.type.encoding
-    if encoding is Encoding.FLOAT64:
-        number = float(value)
-        if math.isnan(number):
-            return "NaN"
-        if math.isinf(number):
-            return "Infinity" if number > 0 else "-Infinity"
-        return repr(number)
-    if encoding is Encoding.TIMESTAMP:
-        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return str(moment.astimezone(dt.UTC).isoformat(timespec="microseconds"))
-    if encoding is Encoding.TIMESTAMP_NTZ:
-        return str(value.replace(tzinfo=None).isoformat(timespec="microseconds"))
-    if encoding is Encoding.DATE:
-        return str(value.isoformat())
-    if encoding is Encoding.BOOLEAN:
-        return "true" if value else "false"
-    if encoding is Encoding.BINARY:
-        return "\\x" + bytes(value).hex()
-    if encoding is Encoding.DECIMAL:
-        return str(decimal.Decimal(value))
-    return str(value)
-
-
-Scalar = str | int | bool | None
-
-
-def json_value(value: Any, column: Column) -> Scalar:
-    """A value for JSON: integers and booleans as themselves, everything else as the text of
-    `render_value` (exact for doubles, valid JSON for NaN and infinities)."""
-    if value is None:
-        return None
-    if column.type.encoding is Encoding.INT64:
-        return int(value)
-    if column.type.encoding is Encoding.BOOLEAN:
-        return bool(value)
-    return render_value(value, column)
 
 
 def text_of(value: Scalar) -> str | None:
@@ -253,6 +207,7 @@ class DiffWriter:
         self._pending: list[dict[str, Any]] = []
         self._parquet: pq.ParquetWriter | None = None
         self._csv: Any = None
+        self._closed = False
 
     def add(self, difference: Difference) -> None:
         self._pending.extend(difference.records())
@@ -274,19 +229,28 @@ class DiffWriter:
         self._pending = []
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._flush()
         if self._parquet is not None:
             self._parquet.close()
         if self._csv is not None:
             self._csv[0].close()
 
+    def discard(self) -> None:
+        """Closes and removes what was written (a diff started again against another version)."""
+        self._pending = []
+        self.close()
+        self.path.unlink(missing_ok=True)
 
-def buckets_for(rows: int, configured: int) -> int:
-    """The configured bucket count, doubled until buckets hold about ROWS_PER_BUCKET rows."""
-    buckets = configured
-    while buckets < MAX_BUCKETS and rows / buckets > ROWS_PER_BUCKET:
-        buckets *= 2
-    return buckets
+
+@dataclass(frozen=True)
+class _Against:
+    """The Delta snapshot Postgres is compared with, and how to say which it is."""
+
+    snapshot: DeltaTableReader
+    words: str
 
 
 class Differ:
@@ -304,85 +268,106 @@ class Differ:
         latest version."""
         if limit is not None and limit < 1:
             raise InputError("--limit must be at least 1")
-        spec, year_month = month.spec, month.year_month
-        writer = DiffWriter(output, spec.key_columns) if output is not None else None
+        writer = DiffWriter(output, month.spec.key_columns) if output is not None else None
         latest = DeltaTableReader(
-            spec, self.settings.table_uri(spec), self.settings.delta.storage_options
+            month.spec, self.settings.table_uri(month.spec), self.settings.delta.storage_options
         )
-        with (
-            tempfile.TemporaryDirectory(prefix="reconciler-diff-") as spill,
-            self.db.session() as conn,
-        ):
-            limits = QueryLimits.of(self.settings.digest)
-            open_snapshot_transaction(conn, spec, limits)
-            pg_columns = postgres_columns(conn, spec)
-            state = read_sync_state(conn, month)
-            snapshot, compared_with = self._snapshot(latest, state, year_month, pg_columns)
-            schema = reconcile_schemas(spec, snapshot.columns(), pg_columns)
-            delta = DeltaSide(
-                snapshot,
-                schema,
-                month,
-                self.settings.postgres.batch_rows,
-                workers=self.settings.digest.delta_workers,
-            )
-            postgres = PostgresSide(conn, schema, month, self.db, limits)
-            # Buckets are sized from Delta's log; Postgres is counted only when the log cannot
-            # say (no statistics) or holds no rows of the month.
-            expected = snapshot.month_row_count(year_month) or postgres.count()
-            if not snapshot.has_month(year_month) and expected == 0:
-                raise InputError(
-                    f"table {spec.name}: month {year_month} is neither in Delta nor in Postgres"
+        try:
+            with self.db.session() as conn:
+                limits = QueryLimits.of(self.settings.digest)
+                open_snapshot_transaction(conn, month.spec, limits)
+                pg_columns = postgres_columns(conn, month.spec)
+                state = read_sync_state(conn, month)
+                against = self._snapshot(latest, state, month, pg_columns)
+                result = DiffResult(
+                    month.table,
+                    month.ym,
+                    against.snapshot.version,
+                    against.words,
+                    month.spec.key_columns,
+                    limit=limit,
                 )
-            postgres.verify_hash_function()
-            result = DiffResult(
-                spec.name,
-                month.ym,
-                snapshot.version,
-                compared_with,
-                spec.key_columns,
-                limit=limit,
-            )
-            buckets = buckets_for(expected, self.settings.digest.buckets)
+                try:
+                    return self._diff(conn, month, against.snapshot, result, writer)
+                except DeltaError:
+                    if against.snapshot is latest:
+                        raise
+                # The synced version's files are gone (vacuumed): the latest version instead.
+                result = DiffResult(
+                    month.table,
+                    month.ym,
+                    latest.version,
+                    f"Delta version {latest.version} (the latest: the files of the synced "
+                    f"version {against.snapshot.version} were vacuumed)",
+                    month.spec.key_columns,
+                    limit=limit,
+                )
+                if writer is not None:
+                    writer.discard()
+                    writer = DiffWriter(writer.path, month.spec.key_columns)
+                return self._diff(conn, month, latest, result, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def _diff(
+        self,
+        conn: Session,
+        month: Month,
+        snapshot: DeltaTableReader,
+        result: DiffResult,
+        writer: DiffWriter | None,
+    ) -> DiffResult:
+        schema = reconcile_schemas(
+            month.spec, snapshot.columns(), postgres_columns(conn, month.spec)
+        )
+        expected = snapshot.month_row_count(month.year_month)
+        if expected is None or expected == 0:
+            expected = max(expected or 0, PostgresSide(conn, schema, month).count())
+        if not snapshot.has_month(month.year_month) and expected == 0:
+            raise InputError(f"{month}: the month is neither in Delta nor in Postgres")
+        verify_server_hash(conn)
+        buckets = buckets_for(expected, self.settings.digest.buckets)
+        options = PassOptions(
+            self.settings.postgres.batch_rows,
+            self.settings.digest.delta_workers,
+            QueryLimits.of(self.settings.digest),
+        )
+        exported = str(conn.scalar("SELECT pg_catalog.pg_export_snapshot()"))
+        with tempfile.TemporaryDirectory(prefix="reconciler-diff-") as spill:
+            located = Localizer(schema, month, options, Path(spill))
             with ThreadPoolExecutor(max_workers=1) as pool:
-                delta_future = pool.submit(delta.bucketed, buckets, Path(spill))
-                postgres_digest = postgres.bucketed(buckets, Path(spill))
-                delta_digest = delta_future.result()
-            pending = delta_digest.differing_buckets(postgres_digest)
-            try:
-                while pending:
-                    chunk: list[int] = []
-                    rows = 0
-                    while pending and (not chunk or rows < ROWS_PER_PASS):
-                        bucket = pending.pop(0)
-                        chunk.append(bucket)
-                        rows += max(delta_digest.counts[bucket], postgres_digest.counts[bucket])
-                    with ThreadPoolExecutor(max_workers=1) as pool:
-                        delta_rows = pool.submit(list, delta.rows_in_buckets(buckets, chunk))
-                        postgres_rows = list(postgres.rows_in_buckets(buckets, chunk))
-                        found = compare_rows(schema, iter(delta_rows.result()), iter(postgres_rows))
+                on_delta = pool.submit(located.delta_pass, snapshot, buckets)
+                postgres = located.postgres_pass(self.db, exported, buckets)
+                delta = on_delta.result()
+            chunks = chunks_of(delta.differing_buckets(postgres), postgres, delta)
+            if chunks:
+                located.keep_delta_rows(snapshot, buckets, chunks)
+            with self.db.adbc_in_snapshot(exported) as session:
+                for index, chunk in enumerate(chunks):
+                    found = compare_rows(
+                        schema,
+                        iter(side_rows(located.delta_rows(index), schema)),
+                        iter(side_rows(located.postgres_rows(session, buckets, chunk), schema)),
+                    )
                     for difference in found:
                         result.add(difference)
                         if writer is not None:
                             writer.add(difference)
-            finally:
-                if writer is not None:
-                    writer.close()
-            conn.rollback()
         return result
 
     def _snapshot(
         self,
         latest: DeltaTableReader,
         state: SyncState | None,
-        year_month: YearMonth,
+        month: Month,
         pg_columns: list[tuple[str, str, bool]],
-    ) -> tuple[DeltaTableReader, str]:
+    ) -> _Against:
         """The Delta snapshot to compare with, and how to say which it is."""
         if state is None or state.delta_version is None:
-            return latest, f"Delta version {latest.version} (the latest; never synced)"
+            return _Against(latest, f"Delta version {latest.version} (the latest; never synced)")
         change = latest.month_change(
-            year_month,
+            month.year_month,
             version=state.delta_version,
             table_id=state.delta_table_id,
             files=state.delta_files,
@@ -392,19 +377,19 @@ class Differ:
             if held is not None:
                 try:
                     reconcile_schemas(latest.spec, held.columns(), pg_columns)
-                    return (
-                        held,
-                        f"Delta version {held.version} (the synced one; Delta changed since)",
+                    return _Against(
+                        held, f"Delta version {held.version} (the synced one; Delta changed since)"
                     )
                 except ReplicationError:
                     pass
-            return latest, (
+            return _Against(
+                latest,
                 f"Delta version {latest.version} (the latest: the synced version "
-                f"{state.delta_version} can no longer be read as Postgres holds it)"
+                f"{state.delta_version} can no longer be read as Postgres holds it)",
             )
         if change.kind is ChangeKind.UNKNOWN:
-            return latest, f"Delta version {latest.version} (the latest; {change.reason})"
-        return latest, f"Delta version {latest.version} (unchanged since the sync)"
+            return _Against(latest, f"Delta version {latest.version} (the latest; {change.reason})")
+        return _Against(latest, f"Delta version {latest.version} (unchanged since the sync)")
 
 
 def compare_rows(
@@ -417,7 +402,7 @@ def compare_rows(
     key_columns = [columns[i] for i in key_positions]
 
     def key_of(row: SideRow) -> tuple[Scalar, ...]:
-        return tuple(json_value(row.values[i], columns[i]) for i in key_positions)
+        return tuple(row.values[i] for i in key_positions)
 
     by_key: dict[tuple[Scalar, ...], tuple[list[SideRow], list[SideRow]]]
     by_key = defaultdict(lambda: ([], []))
@@ -446,7 +431,7 @@ def compare_rows(
             yield Difference(Kind.DUPLICATED, key, *copies)
         for d, p in zip(unmatched_delta, unmatched_postgres, strict=False):
             changed = tuple(
-                ColumnDifference(c.name, json_value(a, c), json_value(b, c))
+                ColumnDifference(c.name, a, b)
                 for c, a, b, fa, fb in zip(
                     columns, d.values, p.values, d.fields, p.fields, strict=True
                 )
@@ -480,6 +465,4 @@ __all__ = [
     "Difference",
     "Kind",
     "diff_month",
-    "json_value",
-    "render_value",
 ]

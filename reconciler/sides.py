@@ -1,54 +1,37 @@
-"""The sides of a comparison behind one interface: each gives a month's count, its digest, and the
-rows of chosen buckets (typed values and contract encodings), computed where its data lives.
+"""The sides of a comparison behind one interface: each gives a month's count and its digest,
+computed where its data lives.
 
 `PostgresSide` runs one server-side query per question (no rows transferred for a digest);
-`DeltaSide` streams the snapshot through DataFusion in bounded batches, and can keep what it
-hashed on disk so that a second pass (the diff's) reads rows back instead of hashing the month
-again; `RecordedSide` is the digest the writer recorded at sync (no data read at all).
+`DeltaSide` streams the snapshot in bounded batches through the contract kernel, on
+`digest.delta_parallelism` threads; `RecordedSide` is the digest the writer recorded at sync (no
+data read at all). Finding the rows that differ is `reconciler.localize`.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from psycopg import sql
-from pyarrow import ipc
 
 from replicator.config import DigestSettings
 from replicator.contract import (
     POSTGRES,
-    DeltaHasher,
-    DigestAccumulator,
     MonthDigest,
     ParallelHasher,
-    as_signed,
-    bucket_of,
     postgres_hash,
     verify_server_hash,
 )
 from replicator.delta import DeltaTableReader
 from replicator.month import Month
-from replicator.postgres import Database, Session
+from replicator.postgres import Session
 from replicator.schema import TableSchema
 from replicator.syncstate import SyncState
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SideRow:
-    """One row of one side, as the diff sees it."""
-
-    row_hash: int
-    values: tuple[Any, ...]  # typed values of the schema's value columns, in digest order
-    fields: tuple[str, ...]  # their contract encodings: equal encodings, equal values
 
 
 class MonthSide(ABC):
@@ -62,25 +45,6 @@ class MonthSide(ABC):
 
     @abstractmethod
     def digest(self) -> MonthDigest: ...
-
-
-class RowSide(MonthSide):
-    """A side that holds the rows themselves (Delta, Postgres), so `reconciler diff` can find
-    them: `bucketed` splits the digest by row-hash bucket (see `bucket_of`) and keeps on disk,
-    under `spill`, what a second pass needs to find each row again; `rows_in_buckets` then
-    returns the rows of chosen buckets."""
-
-    @abstractmethod
-    def bucketed(self, buckets: int, spill: Path) -> MonthDigest: ...
-
-    @abstractmethod
-    def rows_in_buckets(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]: ...
-
-
-_TID = np.dtype([("block", ">u4"), ("offset", ">u2")])
-# What the Postgres side keeps of each row: its hash and where it lies (its ctid).
-_POSITION = np.dtype([("hash", "<u8"), ("block", "<u4"), ("offset", "<u2")])
-_POSITIONS_PER_READ = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -113,7 +77,7 @@ class QueryLimits:
             conn.execute(statement)
 
 
-class PostgresSide(RowSide):
+class PostgresSide(MonthSide):
     """Postgres, inside the caller's (REPEATABLE READ) transaction on `conn`.
 
     The digest is one aggregate query; Postgres's parallel query splits its scan over
@@ -128,15 +92,12 @@ class PostgresSide(RowSide):
         conn: Session,
         schema: TableSchema,
         month: Month,
-        db: Database | None = None,
         limits: QueryLimits | None = None,
     ) -> None:
         self.schema, self.month = schema, month
         self.conn = conn
-        self.db = db  # for a second connection in the same snapshot (bucketed digests)
         self.limits = limits or QueryLimits()
         self._row = POSTGRES.row(schema.value_columns)
-        self._positions: Path | None = None
 
     def verify_hash_function(self) -> None:
         """Refuses to compare when the server's hash differs from ours (a big-endian server)."""
@@ -166,76 +127,10 @@ class PostgresSide(RowSide):
         count, total = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
         return MonthDigest.from_pairs(1, [(0, count, total)])
 
-    def bucketed(self, buckets: int, spill: Path) -> MonthDigest:
-        """Every row's hash (computed by the server) and ctid, read as Arrow batches through
-        ADBC on a second connection that shares this transaction's snapshot (about 24 bytes
-        a row), digested here by bucket and kept on disk."""
-        if self.db is None:
-            raise RuntimeError("a bucketed Postgres digest needs the Database")
-        snapshot = self.conn.scalar("SELECT pg_catalog.pg_export_snapshot()")
-        query = sql.SQL("SELECT {hash} AS h, ctid FROM {table} WHERE year_month = $1").format(
-            hash=sql.SQL(postgres_hash(self._row)), table=self.schema.qualified_table
-        )
-        accumulator = DigestAccumulator(buckets)
-        path = spill / f"postgres-{id(self)}.positions"
-        with path.open("wb") as out, self.db.adbc_in_snapshot(str(snapshot)) as session:
-            for statement in self.limits.statements():
-                session.execute(statement)
-            # Every row goes to the client, so the planner prices a parallel plan's tuple
-            # transfer above its gain and picks one process; but the row hash, not the transfer,
-            # is the work (measured on 2,000,000 rows: 1.55 s in one process, 1.1 s in two).
-            session.execute("SET LOCAL parallel_tuple_cost = 0")
-            session.execute(query, (self.month.ym,))
-            for batch in session.record_batches():
-                self._add_rows(batch, accumulator, out)
-        self._positions = path
-        return accumulator.result()
 
-    @staticmethod
-    def _add_rows(batch: pa.RecordBatch, accumulator: DigestAccumulator, out: Any) -> None:
-        if not batch.num_rows:
-            return
-        hashes = batch.column(0).to_numpy().astype("<i8").view("<u8")
-        tids = batch.column(1)
-        tids = tids.storage if isinstance(tids, pa.ExtensionArray) else tids
-        # A tid is six bytes, big-endian: the block (4) and the item within it (2).
-        raw = np.frombuffer(tids.buffers()[2], _TID, count=len(tids), offset=6 * tids.offset)
-        accumulator.add(bucket_of(hashes, accumulator.buckets), hashes)
-        kept = np.empty(len(hashes), _POSITION)
-        kept["hash"], kept["block"], kept["offset"] = hashes, raw["block"], raw["offset"]
-        kept.tofile(out)
-
-    def rows_in_buckets(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
-        if self._positions is None:
-            raise RuntimeError("rows_in_buckets needs bucketed() first")
-        wanted = np.array(sorted(selected), dtype=np.uint64)
-        tids: list[str] = []
-        with self._positions.open("rb") as source:
-            while len(chunk := np.fromfile(source, _POSITION, _POSITIONS_PER_READ)):
-                chosen = chunk[np.isin(bucket_of(chunk["hash"], buckets), wanted)]
-                tids += [
-                    f"({b},{o})" for b, o in zip(chosen["block"], chosen["offset"], strict=True)
-                ]
-        columns = self.schema.value_columns
-        query = sql.SQL(
-            "SELECT {hash}, {values}, {fields} FROM {table}"
-            " WHERE year_month = %s AND ctid = ANY(%s::tid[])"
-        ).format(
-            hash=sql.SQL(postgres_hash(self._row)),
-            values=sql.SQL(", ").join(sql.Identifier(c.name) for c in columns),
-            fields=sql.SQL(", ").join(sql.SQL(POSTGRES.field(c)) for c in columns),
-            table=self.schema.qualified_table,
-        )
-        width = len(columns)
-        # Binary results: values exactly as stored, whatever the session's output settings.
-        for row in self.conn.execute(query, (self.month.ym, tids), binary=True):
-            yield SideRow(row[0], tuple(row[1 : 1 + width]), tuple(row[1 + width :]))
-
-
-class DeltaSide(RowSide):
+class DeltaSide(MonthSide):
     """The Delta snapshot at the reader's pinned version, hashed batch by batch on `workers`
-    threads; `bucketed` keeps every batch it hashed, with each row's hash, in an Arrow IPC file
-    (disk, not memory), from which `rows_in_buckets` reads rows back without hashing again."""
+    threads."""
 
     name = "delta"
 
@@ -251,9 +146,7 @@ class DeltaSide(RowSide):
         self.schema, self.month = schema, month
         self.reader = reader
         self.batch_rows = batch_rows
-        self.hasher = DeltaHasher(schema)
         self.parallel = ParallelHasher(schema, workers)
-        self._spilled: Path | None = None
 
     def count(self) -> int:
         counted = self.reader.month_row_count(self.month.year_month)
@@ -262,52 +155,11 @@ class DeltaSide(RowSide):
         return sum(b.num_rows for b in self._batches())
 
     def _batches(self) -> Iterator[pa.RecordBatch]:
-        names = [c.name for c in self.hasher.columns]
+        names = [c.name for c in self.schema.value_columns]
         return self.reader.scan_month(self.month.year_month, names, self.batch_rows)
 
     def digest(self) -> MonthDigest:
         return self.parallel.digest(self._batches())
-
-    def bucketed(self, buckets: int, spill: Path) -> MonthDigest:
-        accumulator = DigestAccumulator(buckets)
-        path = spill / f"delta-{id(self)}.arrow"
-        writer: ipc.RecordBatchFileWriter | None = None
-        try:
-            for batch, rows in self.parallel.map(self._batches()):
-                accumulator.add(bucket_of(rows, buckets), rows)
-                kept = batch.append_column("__hash", pa.array(rows))
-                if writer is None:
-                    writer = ipc.new_file(str(path), kept.schema)
-                writer.write_batch(kept)
-        finally:
-            if writer is not None:
-                writer.close()
-        self._spilled = path if writer is not None else None
-        return accumulator.result()
-
-    def rows_in_buckets(self, buckets: int, selected: Sequence[int]) -> Iterator[SideRow]:
-        if self._spilled is None:
-            return
-        wanted = np.array(sorted(selected), dtype=np.uint64)
-        names = [c.name for c in self.hasher.columns]
-        with pa.memory_map(str(self._spilled)) as source:
-            reader = ipc.open_file(source)
-            for index in range(reader.num_record_batches):
-                batch = reader.get_batch(index)
-                hashes = batch.column("__hash").to_numpy()
-                chosen = np.flatnonzero(np.isin(bucket_of(hashes, buckets), wanted))
-                if not len(chosen):
-                    continue
-                picked = batch.take(pa.array(chosen))
-                values = picked.select(names)
-                typed = zip(*(c.to_pylist() for c in values.columns), strict=True)
-                for row_hash, row, fields in zip(
-                    as_signed(picked.column("__hash").to_numpy()).tolist(),
-                    typed,
-                    self.hasher.fields(values),
-                    strict=True,
-                ):
-                    yield SideRow(row_hash, tuple(row), fields)
 
 
 class RecordedSide(MonthSide):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reconciler.diff import Kind, compare_rows
-from reconciler.sides import SideRow
+from reconciler.localize import SideRow
 from replicator.config import TableSpec
 from replicator.schema import Column, ColumnType, TableSchema
 
@@ -22,8 +22,9 @@ SCHEMA = TableSchema(
 
 
 def row(entity: str, name: str, rank: int | None, value: float | None) -> SideRow:
-    values = (entity, rank, name, value)
-    fields = tuple("N" if v is None else repr(v) for v in values)
+    """Values as `localize.render` gives them (doubles as text), fields as their hashes."""
+    values = (entity, rank, name, None if value is None else repr(value))
+    fields = tuple(hash(("N",) if v is None else (v,)) for v in values)
     return SideRow(hash(fields), values, fields)
 
 
