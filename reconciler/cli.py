@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from reconciler import __version__
+from reconciler.audit import Outcome
 from reconciler.check import Checker, CheckResult, MonthCheck
 from reconciler.daemon import Daemon
 from reconciler.demo import DemoOptions, run_demo
@@ -26,6 +27,7 @@ from replicator.config import (
     DEFAULT_METRICS_ADDR,
     ConfigError,
     Layout,
+    RepairMode,
     Settings,
     TableSpec,
     parse_host_port,
@@ -290,6 +292,13 @@ def diff(  # noqa: PLR0913 (click passes every option of the command as an argum
     metavar="NAME",
     help="Table to repair (repeatable; default: all configured).",
 )
+@click.option(
+    "--mode",
+    type=click.Choice([m.value for m in RepairMode]),
+    default=None,
+    help="auto: only the differing rows when few differ, else the whole month; narrow: only "
+    "the differing rows, or refuse; full: the whole month (default: repair.mode, auto).",
+)
 @click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing.")
 @click.option("--force", is_flag=True, help="Rewrite the month even when it is in sync.")
 @json_option
@@ -297,6 +306,7 @@ def diff(  # noqa: PLR0913 (click passes every option of the command as an argum
 def repair(  # noqa: PLR0913 (click passes every option of the command as an argument)
     year_month: YearMonth,
     tables: tuple[str, ...],
+    mode: str | None,
     dry_run: bool,
     force: bool,
     as_json: bool,
@@ -304,18 +314,23 @@ def repair(  # noqa: PLR0913 (click passes every option of the command as an arg
     delta_root: str | None,
     config_path: str | None,
 ) -> None:
-    """Re-replicate a month from the latest Delta snapshot, then check it again.
+    """Repair a month from the latest Delta snapshot: only the rows that differ when few do
+    (narrow), else the whole month (full); proven before it commits.
 
-    Exit 0 when every table of the month is in sync afterwards, 1 when not, 2 on error.
+    Exit 0 when every table of the month is in sync afterwards, 1 when not, 2 on error (and
+    for --mode narrow where a narrow repair is not possible).
     """
     json_context(year_month=year_month)
     settings = build_settings(dsn, delta_root, config_path)
     db, specs = _prepare(settings, tables)
     repairer = Repairer(Checker(db, settings), settings, actor=f"cli:{getpass.getuser()}")
+    chosen = RepairMode(mode) if mode else None
     results = [
-        repairer.repair(Month.of(spec, year_month), dry_run=dry_run, force=force) for spec in specs
+        repairer.repair(Month.of(spec, year_month), mode=chosen, dry_run=dry_run, force=force)
+        for spec in specs
     ]
     errors = [r.message for r in results if r.status_before is Status.ERROR]
+    errors += [r.message for r in results if r.outcome is Outcome.REFUSED]
     ok = all(r.succeeded for r in results)
     if as_json:
         document = {
@@ -328,10 +343,8 @@ def repair(  # noqa: PLR0913 (click passes every option of the command as an arg
     else:
         for r in results:
             after = f" -> {r.status_after}" if r.status_after else ""
-            click.echo(
-                f"{r.month}: {r.outcome} ({r.status_before}{after})"
-                + (f": {r.message}" if r.message else "")
-            )
+            detail = f": {r.message}" if r.message and r.outcome is not Outcome.REPAIRED else ""
+            click.echo(f"{r.month}: {r.summary} ({r.status_before}{after}){detail}")
     if errors:
         raise SystemExit(EXIT_ERROR)
     raise SystemExit(EXIT_OK if ok else EXIT_FINDING)

@@ -7,11 +7,12 @@ import os
 import socket
 from dataclasses import dataclass
 
+from reconciler.audit import Trigger
 from reconciler.check import Checker
 from reconciler.leader import LeaderLock
 from reconciler.pacing import Pacer
 from reconciler.planner import Periods
-from reconciler.repair import Repairer, Trigger
+from reconciler.repair import Repairer
 from replicator.config import Settings
 from replicator.postgres import Database
 from replicator.yearmonth import YearMonth, current_month, retention_window

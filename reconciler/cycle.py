@@ -12,12 +12,12 @@ import threading
 import time
 
 from exporter.metrics import DaemonView, Metrics
+from reconciler.audit import Mode, Outcome, RepairKey, Trigger, failing_repairs, repair_counts
 from reconciler.context import Context
 from reconciler.following import follow
 from reconciler.leader import beat, last_beat
 from reconciler.leading import CycleSummary, LeaderCycle
 from reconciler.monthstate import MonthStates
-from reconciler.repair import Outcome, Trigger, failing_repairs, repair_counts
 from reconciler.verdict import EXPORTED, Status
 from replicator.delta import DeltaTableReader
 from replicator.errors import NotMigratedError, PostgresError, ReplicationError
@@ -36,7 +36,7 @@ class Reconciler:
         self.leading = LeaderCycle(self.months, metrics, context)
         self.sources_up: dict[str, bool] = {}  # nothing exported until measured
         self.last_cycle: dt.datetime | None = None
-        self.repairs: dict[tuple[str, Trigger, Outcome], int] = {}
+        self.repairs: dict[RepairKey, int] = {}
         self.problem: str | None = None  # why the last cycle could not run, if not a source
         self.configure(context)
 
@@ -58,7 +58,7 @@ class Reconciler:
             self.leading.circuit_open,
             tuple(str(s) for s in EXPORTED),
             {str(s): s.code for s in Status.by_severity()},
-            {(t, str(trigger), str(o)): n for (t, trigger, o), n in self.repairs.items()},
+            {tuple(map(str, key)): n for key, n in self.repairs.items()},  # type: ignore[misc]
         )
 
     def ready(self) -> tuple[bool, str]:
@@ -159,7 +159,8 @@ class Reconciler:
         for spec in self.context.settings.tables:
             for trigger in Trigger:
                 for outcome in (Outcome.REPAIRED, Outcome.FAILED):
-                    counts.setdefault((spec.name, trigger, outcome), 0)
+                    for mode in (Mode.NARROW, Mode.FULL):
+                        counts.setdefault((spec.name, trigger, outcome, mode), 0)
         self.repairs = counts
         for month, state in self.months.items():
             failures = 0 if state.record.in_sync else failing.get(month.labels, 0)

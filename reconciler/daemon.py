@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from exporter.metrics import DaemonView, Metrics
+from exporter.page import render_page
 from exporter.server import MetricsAddressError, MetricsServer
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 from reconciler import __version__
@@ -142,6 +143,7 @@ class Daemon:
                 web=self.web,
                 option_hint="set --metrics-addr, daemon.metrics_addr or "
                 "RECONCILER_DAEMON_METRICS_ADDR",
+                page=lambda: render_page(self.view(), version=__version__, ready=self.ready()),
             )
         except MetricsAddressError as exc:
             raise InputError(str(exc)) from None

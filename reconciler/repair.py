@@ -1,62 +1,42 @@
-"""Repairing a month: re-replicate it from the latest Delta snapshot through the replicator's
-own transactional write (same lock, so it serializes with the ranking job), check it again,
-and leave an audit row whatever happens.
+"""Repairing a month from the check it follows: narrowly (only the rows that differ,
+`reconciler.narrow`) when few rows differ, else in full through the replicator's own
+transactional write (same lock, so it serializes with the ranking job). Either way the month is
+proven equal to the Delta version it was repaired from before the transaction commits, so no
+second check is needed; an audit row is left whatever happens.
+
+`--mode auto` (the default) chooses narrow when the month was synced from the same Delta table
+under the same columns and the rows that differ are at most `repair.narrow_max_rows` and at most
+`repair.narrow_max_share` of the month, else full; `narrow` refuses where a narrow repair is not
+possible; `full` is always the whole month.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import enum
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import sql
-
+from reconciler.audit import AuditRow, Mode, Outcome, Trigger, insert_audit, write_audit
 from reconciler.check import Checker, CheckResult
-from reconciler.record import MonthRecord
+from reconciler.narrow import NarrowNotPossible, NarrowRepair, ProofFailed, RowChanges
+from reconciler.record import DigestSource, MonthRecord
 from reconciler.verdict import Status
-from replicator.config import Settings
+from replicator.config import RepairMode, Settings
+from replicator.delta import ChangeKind
 from replicator.errors import PostgresError, ReplicationError
 from replicator.month import Month
-from replicator.postgres import Database, Session
+from replicator.postgres import Database
 from replicator.syncstate import reanchor
-from replicator.writer import MonthWriter, WriteOptions, new_run_id
+from replicator.writer import MonthWriter, WriteOptions, WriteStatus, new_run_id
 
 logger = logging.getLogger(__name__)
 
-AUDIT = sql.Identifier("ranking", "repair_audit")
+# Months a narrow repair cannot mend: nothing synced to compare with, or nothing to keep.
+_ALWAYS_FULL = frozenset({Status.MISSING, Status.ORPHANED})
 
-
-class Trigger(enum.StrEnum):
-    """Who asked for a repair; audited and exported."""
-
-    AUTO = "auto"  # the daemon
-    MANUAL = "manual"  # on-call, `reconciler repair`
-
-
-class Outcome(enum.StrEnum):
-    """What became of one month's repair."""
-
-    REPAIRED = "repaired"
-    REANCHORED = "reanchored"  # already in sync; sync state moved to the proven identity
-    SKIPPED = "skipped"  # already in sync
-    DRY_RUN = "dry_run"
-    FAILED = "failed"
-
-    @property
-    def succeeded(self) -> bool:
-        return self is not Outcome.FAILED
-
-    @property
-    def settles(self) -> bool:
-        """After it, the month's earlier failed repairs no longer count as failing."""
-        return self in (Outcome.REPAIRED, Outcome.REANCHORED, Outcome.SKIPPED)
-
-
-# Outcomes written to the audit (a dry run and a month already in sync write none).
-AUDITED = (Outcome.REPAIRED, Outcome.REANCHORED, Outcome.FAILED)
+__all__ = ["Mode", "Outcome", "RepairResult", "Repairer", "Trigger"]
 
 
 @dataclass
@@ -65,8 +45,11 @@ class RepairResult:
     outcome: Outcome
     status_before: Status
     status_after: Status | None = None
+    mode: Mode = Mode.NONE
     delta_version: int | None = None
-    rows_written: int | None = None
+    rows_deleted: int | None = None
+    rows_inserted: int | None = None
+    changes: RowChanges | None = None
     message: str = ""
     run_id: str = ""
     after: MonthRecord | None = None
@@ -75,25 +58,31 @@ class RepairResult:
     def succeeded(self) -> bool:
         return self.outcome.succeeded
 
+    @property
+    def summary(self) -> str:
+        """One line for people: what was done, and how."""
+        if self.outcome is Outcome.REPAIRED and self.changes is not None:
+            return f"repaired {self.changes.describe()}"
+        if self.outcome is Outcome.REPAIRED:
+            return f"repaired in full: {self.rows_inserted:,} rows from Delta"
+        return str(self.outcome)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "table": self.month.table,
             "year_month": self.month.ym,
             "outcome": str(self.outcome),
+            "mode": None if self.mode is Mode.NONE else str(self.mode),
             "status_before": str(self.status_before),
             "status_after": None if self.status_after is None else str(self.status_after),
             "delta_version": self.delta_version,
-            "rows_written": self.rows_written,
+            "rows_deleted": self.rows_deleted,
+            "rows_inserted": self.rows_inserted,
+            "rows_written": self.rows_inserted,  # kept for scripts written before modes
+            "changes": None if self.changes is None else dataclasses.asdict(self.changes),
             "message": self.message,
             "run_id": self.run_id,
         }
-
-
-@dataclass(frozen=True)
-class _Audit:
-    result: RepairResult
-    before: MonthRecord
-    after: MonthRecord
 
 
 class Repairer:
@@ -122,64 +111,144 @@ class Repairer:
         self,
         month: Month,
         *,
+        mode: RepairMode | None = None,
         dry_run: bool = False,
         force: bool = False,
         before: CheckResult | None = None,
     ) -> RepairResult:
         """Repairs the month; `before` is the check it follows (made now when not given)."""
-        run_id = new_run_id()
+        mode = mode or self.settings.repair.mode
         checked = before or self.checker.examine(month)
         record = checked.record
         result = RepairResult(
-            month, Outcome.SKIPPED, record.status, run_id=run_id, delta_version=record.delta_version
+            month,
+            Outcome.SKIPPED,
+            record.status,
+            run_id=new_run_id(),
+            delta_version=record.delta_version,
         )
-        log = {**month.log, "run_id": run_id}
         if record.status is Status.IN_SYNC and not force:
             return self._in_sync(result, checked, dry_run)
         if record.status is Status.ERROR:
             # Whatever stops the comparison (a source down, a schema mismatch) would stop the
             # write too; report it instead of trying.
             result.outcome, result.message = Outcome.FAILED, f"cannot repair: {record.reason}"
-            self._audit(_Audit(result, record, record))
+            self._audit(result, record)
             return result
         if dry_run:
-            rows = record.delta_rows if record.status is not Status.ORPHANED else 0
-            result.outcome = Outcome.DRY_RUN
-            result.message = (
-                f"would replace {record.postgres_rows} Postgres rows with the {rows} rows of "
-                f"Delta version {record.delta_version} (status now {record.status})"
-            )
-            logger.info("dry run: %s: %s", month, result.message, extra=log)
-            return result
-        writer = MonthWriter(self.settings, run_id=run_id, application_name="reconciler-repair")
-        try:
-            written = writer.write(
-                month, WriteOptions(force=True, allow_empty=record.status is Status.ORPHANED)
-            )
-            result.rows_written, result.delta_version = written.rows, written.delta_version
-        except ReplicationError as exc:
-            result.outcome, result.message = Outcome.FAILED, str(exc)
-        after = self.checker.check(month)
-        result.status_after, result.after = after.status, after
-        if result.outcome is not Outcome.FAILED:
-            if after.status is Status.IN_SYNC:
-                result.outcome = Outcome.REPAIRED
-            else:
-                result.outcome = Outcome.FAILED
-                result.message = f"still {after.status} after the rewrite: {after.reason}"
-        self._audit(_Audit(result, record, after))
-        level = logging.INFO if result.outcome is Outcome.REPAIRED else logging.ERROR
-        logger.log(
-            level,
-            "repair of %s by %s: %s%s",
-            month,
-            self.actor,
-            result.outcome,
-            f": {result.message}" if result.message else "",
-            extra=log,
-        )
+            return self._dry_run(result, record, mode)
+        narrow = mode is not RepairMode.FULL and record.status not in _ALWAYS_FULL
+        if narrow and self._narrow(result, mode):
+            pass  # done narrowly, refused, or failed for good
+        else:
+            self._full(result, record)
+        self._audit(result, record)
+        self._log(result)
         return result
 
+    # -- the two ways ----------------------------------------------------------------------
+    def _narrow(self, result: RepairResult, mode: RepairMode) -> bool:
+        """A narrow repair; False when a full one should be made instead (auto mode)."""
+        repair = NarrowRepair(self.db, self.settings, result.month, result.run_id)
+        try:
+            done = repair.run()
+        except NarrowNotPossible as exc:
+            if mode is RepairMode.NARROW:
+                result.outcome = Outcome.REFUSED
+                result.message = f"a narrow repair is not possible: {exc}"
+                return True
+            logger.info("%s: repairing in full: %s", result.month, exc, extra=result.month.log)
+            result.message = f"in full: {exc}"
+            return False
+        except ProofFailed as exc:
+            if mode is RepairMode.NARROW:
+                result.outcome, result.mode, result.message = Outcome.FAILED, Mode.NARROW, str(exc)
+                return True
+            logger.warning("%s; repairing in full", exc, extra=result.month.log)
+            result.message = f"in full: {exc}"
+            return False
+        except ReplicationError as exc:
+            result.outcome, result.mode, result.message = Outcome.FAILED, Mode.NARROW, str(exc)
+            return True
+        result.outcome, result.mode, result.changes = Outcome.REPAIRED, Mode.NARROW, done.changes
+        result.delta_version = done.delta_version
+        result.rows_deleted, result.rows_inserted = done.changes.deleted, done.changes.inserted
+        result.after = self._after(
+            result.month, done.delta_version, done.digest.rows, done.digest.hex
+        )
+        result.status_after = Status.IN_SYNC
+        return True
+
+    def _full(self, result: RepairResult, record: MonthRecord) -> None:
+        """The month rewritten by the replicator's write, proven before it commits."""
+        result.mode = Mode.FULL
+        writer = MonthWriter(
+            self.settings, run_id=result.run_id, application_name="reconciler-repair"
+        )
+        options = WriteOptions(force=True, allow_empty=record.status is Status.ORPHANED, prove=True)
+        try:
+            written = writer.write(result.month, options)
+        except ReplicationError as exc:
+            result.outcome, result.message = Outcome.FAILED, str(exc)
+            return
+        if written.status is not WriteStatus.WRITTEN:  # best-effort mode: reported, not raised
+            result.outcome, result.message = Outcome.FAILED, written.message
+            return
+        result.outcome, result.delta_version = Outcome.REPAIRED, written.delta_version
+        result.rows_deleted, result.rows_inserted = record.postgres_rows, written.rows
+        result.after = self._after(
+            result.month, written.delta_version, written.rows, written.digest
+        )
+        result.status_after = Status.IN_SYNC
+
+    def _after(
+        self, month: Month, version: int | None, rows: int, digest: str | None
+    ) -> MonthRecord:
+        """The month as the repair proved it, in the transaction that wrote it."""
+        now = dt.datetime.now(dt.UTC)
+        return MonthRecord(
+            month,
+            Status.IN_SYNC,
+            f"repaired from Delta version {version}",
+            delta_version=version,
+            synced_version=version,
+            delta_rows=rows,
+            postgres_rows=rows,
+            delta_digest=digest,
+            postgres_digest=digest,
+            delta_digest_source=DigestSource.COMPUTED,
+            delta_change=ChangeKind.UNCHANGED,
+            last_sync_at=now,
+            checked_at=now,
+            postgres_checked_at=now,
+            proven_at=now,
+        )
+
+    def _dry_run(self, result: RepairResult, record: MonthRecord, mode: RepairMode) -> RepairResult:
+        result.outcome = Outcome.DRY_RUN
+        full = (
+            f"would rewrite the month in full: replace {record.postgres_rows} Postgres rows with "
+            f"the {record.delta_rows if record.status is not Status.ORPHANED else 0} rows of "
+            f"Delta version {record.delta_version} (status now {record.status})"
+        )
+        if mode is RepairMode.FULL or record.status in _ALWAYS_FULL:
+            result.mode, result.message = Mode.FULL, full
+            return result
+        try:
+            changes = NarrowRepair(self.db, self.settings, result.month, result.run_id).plan()
+        except NarrowNotPossible as exc:
+            if mode is RepairMode.NARROW:
+                result.outcome = Outcome.REFUSED
+                result.message = f"a narrow repair is not possible: {exc}"
+            else:
+                result.mode, result.message = Mode.FULL, f"{full} (not narrowly: {exc})"
+            return result
+        result.mode, result.changes = Mode.NARROW, changes
+        result.rows_deleted, result.rows_inserted = changes.deleted, changes.inserted
+        result.message = f"would repair narrowly: {changes.describe()}"
+        return result
+
+    # -- already in sync -------------------------------------------------------------------
     def _in_sync(self, result: RepairResult, checked: CheckResult, dry_run: bool) -> RepairResult:
         proposal = checked.reanchor
         if proposal is not None and not dry_run and self.reanchor(checked):
@@ -209,28 +278,25 @@ class Repairer:
                         "re-anchoring %s skipped: a writer got there first", month, extra=month.log
                     )
                     return None
-                before = MonthRecord(
-                    month,
-                    checked.status,
-                    checked.record.reason,
-                    postgres_rows=state.row_count,
-                    postgres_digest=state.content_digest,
+                insert_audit(
+                    conn,
+                    AuditRow(
+                        month,
+                        self.actor,
+                        self.trigger,
+                        Outcome.REANCHORED,
+                        Mode.NONE,
+                        new_run_id(),
+                        delta_version=anchor.delta_version,
+                        status_before=str(checked.status),
+                        rows_before=state.row_count,
+                        digest_before=state.content_digest,
+                        rows_after=anchor.row_count,
+                        digest_after=anchor.content_digest,
+                        delta_digest=anchor.content_digest,
+                        message=checked.record.reason,
+                    ),
                 )
-                after = dataclasses.replace(
-                    before,
-                    postgres_rows=anchor.row_count,
-                    postgres_digest=anchor.content_digest,
-                    delta_digest=anchor.content_digest,
-                )
-                result = RepairResult(
-                    month,
-                    Outcome.REANCHORED,
-                    checked.status,
-                    delta_version=anchor.delta_version,
-                    message=checked.record.reason,
-                    run_id=new_run_id(),
-                )
-                self._insert_audit(conn, _Audit(result, before, after))
                 conn.commit()
         except PostgresError as exc:
             logger.error("could not re-anchor %s: %s", month, exc, extra=month.log)
@@ -245,64 +311,41 @@ class Repairer:
         )
         return verified_at
 
-    def _insert_audit(self, conn: Session, audit: _Audit) -> None:
-        result, before, after = audit.result, audit.before, audit.after
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (actor, trigger, table_name, year_month, delta_version,"
-                " status_before, rows_before, digest_before, rows_after, digest_after,"
-                " delta_digest, outcome, message, run_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            ).format(AUDIT),
-            (
+    # -- books -----------------------------------------------------------------------------
+    def _audit(self, result: RepairResult, before: MonthRecord) -> None:
+        if result.outcome is Outcome.REFUSED:
+            return  # nothing was attempted
+        after = result.after or before
+        write_audit(
+            self.db,
+            AuditRow(
+                result.month,
                 self.actor,
-                str(self.trigger),
-                result.month.table,
-                result.month.ym,
-                result.delta_version,
-                str(before.status),
-                before.postgres_rows,
-                before.postgres_digest,
-                after.postgres_rows,
-                after.postgres_digest,
-                after.delta_digest,
-                str(result.outcome),
-                result.message[:2000],
+                self.trigger,
+                result.outcome,
+                result.mode,
                 result.run_id,
+                delta_version=result.delta_version,
+                status_before=str(before.status),
+                rows_before=before.postgres_rows,
+                digest_before=before.postgres_digest,
+                rows_after=after.postgres_rows,
+                digest_after=after.postgres_digest,
+                delta_digest=after.delta_digest,
+                rows_deleted=result.rows_deleted,
+                rows_inserted=result.rows_inserted,
+                message=result.message,
             ),
         )
 
-    def _audit(self, audit: _Audit) -> None:
-        try:
-            with self.db.session() as conn:
-                self._insert_audit(conn, audit)
-                conn.commit()
-        except PostgresError as exc:  # the audit must not hide the repair
-            logger.error("could not write the repair audit row: %s", exc)
-
-
-def repair_counts(conn: Session) -> dict[tuple[str, Trigger, Outcome], int]:
-    """Every audited repair, automatic or manual, by (table, trigger, outcome): what
-    `reconciler_repairs_total` exports, the same on every replica."""
-    rows = conn.fetchall(
-        sql.SQL("SELECT table_name, trigger, outcome, count(*) FROM {} GROUP BY 1, 2, 3").format(
-            AUDIT
+    def _log(self, result: RepairResult) -> None:
+        level = logging.INFO if result.outcome is Outcome.REPAIRED else logging.ERROR
+        logger.log(
+            level,
+            "repair of %s by %s: %s%s",
+            result.month,
+            self.actor,
+            result.summary,
+            f" ({result.message})" if result.message else "",
+            extra={**result.month.log, "run_id": result.run_id},
         )
-    )
-    return {(row[0], Trigger(row[1]), Outcome(row[2])): int(row[3]) for row in rows}
-
-
-def failing_repairs(conn: Session) -> dict[tuple[str, str], int]:
-    """By (table, month): failed repairs since the month's last successful one (months whose
-    last repair succeeded are absent)."""
-    settled = [str(o) for o in Outcome if o.settles]
-    rows = conn.fetchall(
-        sql.SQL(
-            "SELECT a.table_name, a.year_month, count(*) FROM {audit} a"
-            " WHERE a.outcome = 'failed' AND a.at > coalesce((SELECT max(s.at) FROM {audit} s"
-            " WHERE s.table_name = a.table_name AND s.year_month = a.year_month"
-            " AND s.outcome = ANY(%s)), '-infinity') GROUP BY 1, 2"
-        ).format(audit=AUDIT),
-        (settled,),
-    )
-    return {(row[0], row[1]): int(row[2]) for row in rows}

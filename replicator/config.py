@@ -239,6 +239,24 @@ class AutoRepairSettings:
     dry_run: bool = False
 
 
+class RepairMode(enum.StrEnum):
+    """How a repair rewrites a month (docs/cli.md, `reconciler repair`)."""
+
+    AUTO = "auto"  # narrow when few rows differ, else full
+    NARROW = "narrow"  # only the differing rows, or refuse
+    FULL = "full"  # the whole month, as a replication does
+
+
+@dataclass(frozen=True)
+class RepairSettings:
+    # The mode of the daemon's auto-repair, and of `reconciler repair` without --mode.
+    mode: RepairMode = RepairMode.AUTO
+    # A repair is narrow only while the rows it changes are at most this many ...
+    narrow_max_rows: int = checked(100_000, positive)
+    # ... and at most this share of the month.
+    narrow_max_share: float = checked(0.05, share)
+
+
 # TOML section name -> the dataclass that declares it ([[tables]] is read apart).
 SECTIONS: dict[str, type[Any]] = {
     "delta": DeltaSettings,
@@ -246,6 +264,7 @@ SECTIONS: dict[str, type[Any]] = {
     "digest": DigestSettings,
     "daemon": DaemonSettings,
     "auto_repair": AutoRepairSettings,
+    "repair": RepairSettings,
 }
 
 
@@ -258,6 +277,7 @@ class Settings:
     tables: tuple[TableSpec, ...] = DEFAULT_TABLES
     daemon: DaemonSettings = DaemonSettings()
     auto_repair: AutoRepairSettings = AutoRepairSettings()
+    repair: RepairSettings = RepairSettings()
 
     def table(self, name: str) -> TableSpec:
         for spec in self.tables:

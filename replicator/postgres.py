@@ -258,7 +258,8 @@ class Database:
             )
             session.execute("SET LOCAL jit = off")
             yield session
-            session.execute("COMMIT")
+            # Read only: everything was read already, so a lost answer to its end loses nothing.
+            session.execute_quietly("COMMIT")
 
 
 class Session:
@@ -425,10 +426,21 @@ class AdbcSession:
         with self.errors():
             self._conn.adbc_connection.set_autocommit(on)
 
+    def autocommit_quietly(self) -> None:
+        """Back to autocommit, best effort (on the way out of a failed transaction)."""
+        with contextlib.suppress(adbc_driver_manager.Error):
+            self._conn.adbc_connection.set_autocommit(True)
+
     def execute(self, query: str | sql.Composable, params: Sequence[Any] | None = None) -> None:
         text = query if isinstance(query, str) else query.as_string(None)
         with self.errors():
             self._cursor.execute(text, params)
+
+    def execute_quietly(self, query: str) -> None:
+        """Best effort (a ROLLBACK or an unlock on the way out): the failure that brought us
+        here is the one worth reporting, and a lost connection ends both anyway."""
+        with contextlib.suppress(adbc_driver_manager.Error):
+            self._cursor.execute(query)
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         with self.errors():
@@ -450,6 +462,11 @@ class AdbcSession:
         """Binary COPY of `data` into `schema.table` (appended)."""
         with self.errors():
             self._cursor.adbc_ingest(table, data, mode="append", db_schema_name=schema)
+
+    def ingest_temporary(self, table: str, data: pa.RecordBatchReader) -> None:
+        """Binary COPY of `data` into a new temporary table (gone with the session)."""
+        with self.errors():
+            self._cursor.adbc_ingest(table, data, mode="create", temporary=True)
 
     def commit(self) -> None:
         with self.errors():

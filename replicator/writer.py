@@ -24,7 +24,13 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from replicator.config import PostgresSettings, Settings, TableSpec
-from replicator.contract import DeltaHasher, DigestAccumulator
+from replicator.contract import (
+    POSTGRES,
+    DeltaHasher,
+    DigestAccumulator,
+    MonthDigest,
+    postgres_hash,
+)
 from replicator.delta import DeltaTableReader
 from replicator.errors import (
     DeltaError,
@@ -88,6 +94,7 @@ class WriteResult:
     duration_seconds: float = 0.0
     run_id: str = ""
     message: str = ""
+    digest: str | None = None  # the contract digest of the rows written
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -100,6 +107,9 @@ class WriteOptions:
     delta_version: int | None = None
     allow_empty: bool = False
     force: bool = False
+    # Before the commit, digest the month as Postgres now holds it, inside the transaction, and
+    # roll back unless it equals the digest of the rows copied (what a repair proves).
+    prove: bool = False
 
 
 def new_run_id() -> str:
@@ -167,6 +177,7 @@ class _Transaction:
     session: AdbcSession
     options: WriteOptions
     postgres: PostgresSettings
+    digest: str | None = None  # of the rows written, once recorded
 
     @property
     def spec(self) -> TableSpec:
@@ -284,8 +295,30 @@ class _Transaction:
             self._verify_counts(sql.Identifier(self.spec.postgres_schema, target), stream.rows)
         return stream
 
+    def _prove(self, stream: _BatchStream) -> None:
+        """The month as this transaction now sees it digests to what was copied, or nothing
+        is committed."""
+        schema = stream.schema
+        query = sql.SQL("SELECT count(*), sum({}) FROM {} WHERE year_month = $1").format(
+            sql.SQL(postgres_hash(POSTGRES.row(schema.value_columns))), schema.qualified_table
+        )
+        self.session.execute("SET LOCAL jit = off")
+        self.session.execute(query, (self.month.ym,))
+        rows, total = self.session.fetchall()[0]
+        held = MonthDigest.from_pairs(1, [(0, int(rows), int(total or 0))])
+        written = stream.digest.result()
+        if held.hex != written.hex:
+            self.session.rollback()
+            raise PostgresError(
+                f"{self.month}: Postgres does not hold what was copied ({held.hex}, copied "
+                f"{written.hex}: a trigger or a rule changed the rows?); rolled back"
+            )
+
     def _record_and_commit(self, stream: _BatchStream) -> int:
         reader, month = self.reader, self.month
+        if self.options.prove:
+            self._prove(stream)
+        self.digest = stream.digest.result().hex
         anchor = Anchor(
             delta_version=reader.version,
             delta_table_id=reader.table_id,
@@ -450,6 +483,7 @@ class MonthWriter:
             rows,
             time.monotonic() - started,
             self.run_id,
+            digest=transaction.digest,
         )
 
     def _record_failure(self, db: Database, month: Month, reason: str) -> None:

@@ -183,7 +183,7 @@ def test_auto_repair_within_guardrails(
     assert (
         limited.metrics.registry.get_sample_value(
             "reconciler_repairs_total",
-            {"table": "ranking_signal", "trigger": "auto", "outcome": "repaired"},
+            {"table": "ranking_signal", "trigger": "auto", "outcome": "repaired", "mode": "narrow"},
         )
         == 2
     )

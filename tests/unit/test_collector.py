@@ -27,8 +27,8 @@ def view(*months: MonthRecord, **changes: object) -> DaemonView:
         "statuses": tuple(str(s) for s in EXPORTED),
         "status_codes": CODES,
         "repairs": {
-            ("ranking_signal", "auto", "repaired"): 3,
-            ("ranking_signal", "auto", "failed"): 2,
+            ("ranking_signal", "auto", "repaired", "narrow"): 3,
+            ("ranking_signal", "auto", "failed", "full"): 2,
         },
     }
     fields.update(changes)
@@ -76,7 +76,7 @@ def test_every_per_month_family_of_a_month() -> None:
     assert (
         value(
             "reconciler_repairs_total",
-            {"table": "ranking_signal", "trigger": "auto", "outcome": "failed"},
+            {"table": "ranking_signal", "trigger": "auto", "outcome": "failed", "mode": "full"},
         )
         == 2
     )
