@@ -9,7 +9,8 @@
     python alerts/generate_rules.py --config my.yml --out DIR   # your parameters, somewhere else
 
 A monitoring mixin's `_config` in Python and YAML rather than Jsonnet, which is not installed
-where this runs; the alerts themselves are data below.
+where this runs; the alerts themselves are data below. grafana/generate_dashboard.py reads the
+same config.yml for its thresholds and runbook links.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Config:
     durations: dict[str, str]
     lag_threshold_seconds: int
     down_after_seconds: int
+    proof_max_age_seconds: int
+    proof_margin_seconds: int
+    replicas: int
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -53,7 +57,15 @@ class Config:
             {str(k): str(v) for k, v in raw["for"].items()},
             int(raw["lag_threshold_seconds"]),
             int(raw["down_after_seconds"]),
+            int(raw["proof_max_age_seconds"]),
+            int(raw["proof_margin_seconds"]),
+            int(raw["replicas"]),
         )
+
+    @property
+    def proof_stale_after_seconds(self) -> int:
+        """A month's proof older than this is overdue (the maximum age plus the margin)."""
+        return self.proof_max_age_seconds + self.proof_margin_seconds
 
     def series(self, metric: str, *matchers: str) -> str:
         return f"{metric}{{{', '.join([self.selector, *matchers])}}}"
@@ -67,6 +79,7 @@ class Config:
 def alerts(c: Config) -> list[dict[str, Any]]:
     month = "{{ $labels.table }} {{ $labels.year_month }}"
     minutes = c.down_after_seconds // 60
+    replicas = ", ".join([*c.replica_labels, "version"])
     return [
         {
             "alert": "ReconcilerMonthDrift",
@@ -149,6 +162,42 @@ def alerts(c: Config) -> list[dict[str, Any]]:
             "description": "Reconcilers are running but none holds the leader lock, so no month "
             "is compared or auto-repaired.",
         },
+        {
+            "alert": "ReconcilerProofStale",
+            # The newest proof any replica reports (they export the leader's findings). A month
+            # never proven (never synced, not deep-checked yet) exports no sample: its status
+            # says what it is. The daemon gone altogether is ReconcilerDown's (the series go
+            # stale, so this one resolves rather than firing for every month).
+            "expr": "time() - "
+            + c.across_replicas("max", "reconciler_month_last_proof_timestamp_seconds")
+            + f" > {c.proof_stale_after_seconds}",
+            "severity": "warning",
+            "summary": f"{month} has not been proven for too long",
+            "description": f"Both sides of {month} were last digested from their data "
+            "{{ $value | humanizeDuration }} ago; the daemon re-proves every month at most "
+            f"{c.proof_max_age_seconds}s apart (daemon.deep_check_period_seconds), so its proofs "
+            "are falling behind (daemon.deep_check_budget too small for the months?).",
+        },
+        {
+            "alert": "ReconcilerReplicasMissing",
+            # Count the replicas that answer, against the number expected: a replica whose
+            # target is still discovered but down (crash loop, failed scrapes) stops exporting
+            # build_info at its first failed scrape (a staleness marker), and one whose target
+            # left discovery (Kubernetes removes a deleted or unscheduled pod's endpoint) has no
+            # series at all; `count(up == 0) > 0` would miss that second case. build_info rather
+            # than `up == 1`: it says a reconciler answered, not just something on the port.
+            # `version` is aggregated away with the replicas' labels, so a rollout that mixes
+            # two versions is not two deployments of one replica each. No replica at all gives
+            # an empty count and no alert: that is ReconcilerDown's (absent), which also
+            # inhibits this one (alerts/alertmanager-inhibit.yml).
+            "expr": f"count without ({replicas}) ({c.series('reconciler_build_info')})"
+            f" < {c.replicas}",
+            "severity": "warning",
+            "summary": f"Only {{{{ $value }}}} of {c.replicas} reconciler replicas are reporting",
+            "description": f"{c.replicas} replicas are expected but only {{{{ $value }}}} "
+            "answers its scrape: the deployment has lost its high availability (if the leader "
+            "goes too, nothing takes over), or a replica is no longer monitored.",
+        },
     ]
 
 
@@ -172,14 +221,47 @@ def rule_groups(c: Config) -> list[dict[str, Any]]:
     return [{"name": "signal-reconciler", "rules": rules}]
 
 
-# "Source down" explains the alerts an outage causes: page once, for the cause.
-CAUSED_BY_A_SOURCE = (
-    "ReconcilerDown",
-    "ReconcilerMonthError",
-    "ReconcilerMonthLagging",
-    "ReconcilerReplicationFailures",
-    "ReconcilerRepairsFailing",
-    "ReconcilerNoLeader",
+@dataclass(frozen=True)
+class Inhibition:
+    """While `source` fires, Alertmanager holds back the `targets` of the same deployment (and
+    with the same `also` labels): page once, for the cause."""
+
+    source: str
+    targets: tuple[str, ...]
+    why: str
+    also: tuple[str, ...] = ()
+
+
+INHIBITIONS = (
+    Inhibition(
+        "ReconcilerSourceDown",
+        (
+            "ReconcilerDown",
+            "ReconcilerMonthError",
+            "ReconcilerMonthLagging",
+            "ReconcilerReplicationFailures",
+            "ReconcilerRepairsFailing",
+            "ReconcilerNoLeader",
+            "ReconcilerProofStale",
+        ),
+        "a source outage explains the alerts it causes",
+    ),
+    Inhibition(
+        "ReconcilerDown",
+        ("ReconcilerReplicasMissing", "ReconcilerProofStale"),
+        "no cycle completes: a missing replica or stale proofs are part of that outage",
+    ),
+    Inhibition(
+        "ReconcilerNoLeader",
+        ("ReconcilerProofStale",),
+        "without a leader no month is proven",
+    ),
+    Inhibition(
+        "ReconcilerMonthError",
+        ("ReconcilerProofStale",),
+        "a month that cannot be compared cannot be proven",
+        also=("table", "year_month"),
+    ),
 )
 
 
@@ -187,11 +269,18 @@ def inhibit_rules(c: Config) -> list[dict[str, Any]]:
     deployment = [label for label in c.deployment_labels if label not in c.replica_labels]
     return [
         {
-            "source_matchers": ['alertname="ReconcilerSourceDown"'],
-            "target_matchers": [f'alertname=~"{"|".join(CAUSED_BY_A_SOURCE)}"'],
-            "equal": deployment,
+            "source_matchers": [f'alertname="{rule.source}"'],
+            "target_matchers": [f'alertname=~"{"|".join(rule.targets)}"'],
+            "equal": [*deployment, *rule.also],
         }
+        for rule in INHIBITIONS
     ]
+
+
+def inhibit_header() -> str:
+    lines = ["# Merge into alertmanager.yml (inhibit_rules: is a top-level list). In order:"]
+    lines += [f"#   {rule.source}: {rule.why}." for rule in INHIBITIONS]
+    return "\n".join(lines) + "\n"
 
 
 def dump(document: Any) -> str:
@@ -221,17 +310,45 @@ def render(c: Config) -> dict[str, str]:
     return {
         "alerts/reconciler.rules.yml": HEADER + dump({"groups": groups}),
         "alerts/alertmanager-inhibit.yml": HEADER
-        + "# Merge into alertmanager.yml (inhibit_rules: is a top-level list).\n"
+        + inhibit_header()
         + dump({"inhibit_rules": inhibit_rules(c)}),
         "deploy/kubernetes/prometheusrule.yaml": HEADER + dump(resource),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "alerts" / "config.yml")
-    parser.add_argument("--out", type=Path, default=ROOT, help="Where the tree is (default: repo)")
-    parser.add_argument("--check", action="store_true", help="Fail if a file is out of date.")
+    parser = argparse.ArgumentParser(
+        description="\n\n".join(__doc__.split("\n\n")[:3]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example, a test's short durations written to a scratch tree: python "
+        "alerts/generate_rules.py --config /tmp/t/config.yml --out /tmp/t (then point "
+        "Prometheus at /tmp/t/alerts/reconciler.rules.yml).",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "alerts" / "config.yml",
+        metavar="FILE",
+        help="The alerts' parameters (selector, labels, for: durations, thresholds, replicas, "
+        "runbook URL), in the format of alerts/config.yml, whose comments explain each key "
+        "(default: %(default)s).",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT,
+        metavar="DIR",
+        help="The root under which the files are written, at their paths in this repository: "
+        "DIR/alerts/reconciler.rules.yml, DIR/alerts/alertmanager-inhibit.yml, "
+        "DIR/deploy/kubernetes/prometheusrule.yaml; missing directories are created "
+        "(default: this repository, %(default)s).",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="Write nothing; exit 1 naming every file under --out that differs from what "
+        "would be written (what CI runs).",
+    )
     args = parser.parse_args(argv)
     stale = []
     for relative, content in render(Config.load(args.config)).items():
