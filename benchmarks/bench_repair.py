@@ -42,24 +42,22 @@ OCTOBER = "year_month = '2026-10'"
 
 def tamper(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        first = conn.execute(
-            f"SELECT min(entity_id) FROM {TABLE} WHERE {OCTOBER}"  # noqa: S608
-        ).fetchone()
+        first = conn.execute(f"SELECT min(entity_id) FROM {TABLE} WHERE {OCTOBER}").fetchone()
         entity = first[0] if first else ""
         pick = f"{OCTOBER} AND entity_id = %s AND signal_name = 'ctr'"
         rows = conn.execute(
-            f"SELECT ctid FROM {TABLE} WHERE {pick} ORDER BY signal_date LIMIT 25",  # noqa: S608
+            f"SELECT ctid FROM {TABLE} WHERE {pick} ORDER BY signal_date LIMIT 25",
             (entity,),
         ).fetchall()
         tids = [r[0] for r in rows]
-        conn.execute(f"UPDATE {TABLE} SET value = -1 WHERE ctid = ANY(%s)", (tids[0:10],))  # noqa: S608
-        conn.execute(f"DELETE FROM {TABLE} WHERE ctid = ANY(%s)", (tids[10:15],))  # noqa: S608
+        conn.execute(f"UPDATE {TABLE} SET value = -1 WHERE ctid = ANY(%s)", (tids[0:10],))
+        conn.execute(f"DELETE FROM {TABLE} WHERE ctid = ANY(%s)", (tids[10:15],))
         conn.execute(
-            f"INSERT INTO {TABLE} SELECT * FROM {TABLE} WHERE ctid = ANY(%s)",  # noqa: S608
+            f"INSERT INTO {TABLE} SELECT * FROM {TABLE} WHERE ctid = ANY(%s)",
             (tids[15:20],),
         )
         conn.execute(
-            f"INSERT INTO {TABLE} SELECT year_month, signal_date, 'foreign-' || entity_id,"  # noqa: S608
+            f"INSERT INTO {TABLE} SELECT year_month, signal_date, 'foreign-' || entity_id,"
             f" signal_name, value, rank, computed_at FROM {TABLE} WHERE ctid = ANY(%s)",
             (tids[20:25],),
         )

@@ -7,22 +7,13 @@ repair that did not bring the month in sync), 2 usage or infrastructure error.
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from reconciler import __version__
-from reconciler.audit import Outcome
-from reconciler.check import Checker, CheckResult, MonthCheck
-from reconciler.daemon import Daemon
-from reconciler.demo import DemoOptions, run_demo
-from reconciler.diff import Differ, Difference, DiffResult, Kind, text_of
-from reconciler.migrate import migrate as apply_migrations
-from reconciler.repair import Repairer
-from reconciler.status import build_status
-from reconciler.verdict import Status
 from replicator.config import (
     DEFAULT_METRICS_ADDR,
     ConfigError,
@@ -33,26 +24,26 @@ from replicator.config import (
     parse_host_port,
     with_overrides,
 )
-from replicator.month import Month
 from replicator.options import (
     EXIT_ERROR,
     EXIT_FINDING,
     EXIT_OK,
     YEAR_MONTH,
     Commands,
-    age,
     build_settings,
     configure_logging,
     emit_json,
     fail,
     json_context,
     json_option,
-    render_table,
     settings_options,
     start,
 )
-from replicator.postgres import Database
 from replicator.yearmonth import YearMonth
+
+if TYPE_CHECKING:
+    from reconciler.verdict import Status
+    from replicator.postgres import Database
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +60,8 @@ def main(ctx: click.Context, verbose: bool, json_logs: bool) -> None:
 
 def _prepare(settings: Settings, tables: tuple[str, ...]) -> tuple[Database, tuple[TableSpec, ...]]:
     """Validates everything that needs no connection; exits 2 on the first problem."""
+    from replicator.postgres import Database
+
     try:
         return Database.for_settings(settings, "reconciler"), settings.select_tables(tables)
     except ConfigError as exc:
@@ -76,6 +69,8 @@ def _prepare(settings: Settings, tables: tuple[str, ...]) -> tuple[Database, tup
 
 
 def exit_code(status: Status) -> int:
+    from reconciler.verdict import Status
+
     if status is Status.IN_SYNC:
         return EXIT_OK
     return EXIT_FINDING if status.is_finding else EXIT_ERROR
@@ -102,6 +97,8 @@ def migrate(
     configured tables their layout."""
     settings = build_settings(dsn, delta_root, config_path)
     db, _ = _prepare(settings, ())
+    from reconciler.migrate import migrate as apply_migrations
+
     applied = apply_migrations(db, settings.tables, Layout(layout or settings.postgres.layout))
     if as_json:
         emit_json({"status": "ok", "applied": applied})
@@ -110,48 +107,6 @@ def migrate(
             f"applied {len(applied)} migration(s)"
             + (": " + ", ".join(applied) if applied else "; up to date")
         )
-
-
-def _note(check: CheckResult) -> str:
-    """What a person needs to know about one table's month, said once."""
-    record = check.record
-    note = record.reason
-    if record.status is Status.LAGGING and record.lag_seconds > 0:
-        note += (
-            f"; Postgres holds version {record.synced_version}, pending for "
-            f"{age(record.lag_seconds)}"
-        )
-    elif record.status is Status.MISSING and record.lag_seconds > 0:
-        note += f" (for {age(record.lag_seconds)})"
-    if check.reanchor is not None:
-        note += f"; sync state can be re-anchored to version {check.reanchor.anchor.delta_version}"
-    return note
-
-
-def _rows(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def _print_check(month: MonthCheck) -> None:
-    in_sync = sum(1 for t in month.results if t.status is Status.IN_SYNC)
-    tables = len(month.results)
-    click.echo(
-        f"{month.year_month}: {month.status} ({in_sync} of {tables} "
-        f"{'table' if tables == 1 else 'tables'} in sync)"
-    )
-    header = ("table", "status", "Delta rows", "Postgres rows", "note")
-    rows = [header] + [
-        (
-            t.record.table,
-            str(t.status),
-            _rows(t.record.delta_rows),
-            _rows(t.record.postgres_rows),
-            _note(t),
-        )
-        for t in month.results
-    ]
-    for line in render_table(rows):
-        click.echo("  " + line.rstrip())
 
 
 @main.command()
@@ -186,53 +141,15 @@ def check(  # noqa: PLR0913 (click passes every option of the command as an argu
     json_context(year_month=year_month)
     settings = build_settings(dsn, delta_root, config_path)
     db, specs = _prepare(settings, tables)
+    from reconciler.check import Checker
+    from reconciler.render import print_check
+
     month = Checker(db, settings).check_month(year_month, specs, deep=deep)
     if as_json:
         emit_json(month.as_json())
     else:
-        _print_check(month)
+        print_check(month)
     raise SystemExit(exit_code(month.status))
-
-
-def _key_text(difference: Difference) -> str:
-    return " ".join(f"{name}={json.dumps(value)}" for name, value in difference.key.items())
-
-
-def _value_text(value: str | int | bool | None) -> str:
-    """NULL, a number or flag as is, text bare (as docs/cli.md shows it), quoted only where bare
-    text would mislead: empty, with whitespace at either end, or the word NULL."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, str) and (not value or value != value.strip() or value == "NULL"):
-        return json.dumps(value)
-    return str(text_of(value))
-
-
-def _print_diff(result: DiffResult) -> None:
-    counts = ", ".join(f"{result.totals[k]} {k.value.replace('_', ' ')}" for k in Kind)
-    click.echo(
-        f"{result.table} {result.year_month}: Postgres against {result.compared_with}: "
-        f"{result.found} differing key(s): {counts}"
-    )
-    if result.truncated:
-        click.echo(
-            f"  (listing {len(result.listed)} of {result.found}; --limit, or --output FILE for all)"
-        )
-    for difference in result.listed:
-        line = f"  {difference.kind.label:<17} {_key_text(difference)}"
-        if difference.kind is Kind.DUPLICATED:
-            line += (
-                f"  ({difference.delta_copies} in Delta, {difference.postgres_copies} in Postgres)"
-            )
-        elif difference.delta_copies > 1 or difference.postgres_copies > 1:
-            line += f"  ({max(difference.delta_copies, difference.postgres_copies)} copies)"
-        click.echo(line)
-        width = max((len(c.column) for c in difference.columns), default=0)
-        for change in difference.columns:
-            click.echo(
-                f"      {change.column:<{width}}  Delta {_value_text(change.delta)}"
-                f"  Postgres {_value_text(change.postgres)}"
-            )
 
 
 @main.command()
@@ -273,11 +190,15 @@ def diff(  # noqa: PLR0913 (click passes every option of the command as an argum
         fail(f"--output must end in .parquet or .csv, got {output.name!r}")
     settings = build_settings(dsn, delta_root, config_path)
     db, specs = _prepare(settings, (table,))
+    from reconciler.diff import Differ
+    from reconciler.render import print_diff
+    from replicator.month import Month
+
     result = Differ(db, settings).diff(Month.of(specs[0], year_month), limit=limit, output=output)
     if as_json:
         emit_json(result.as_dict())
     else:
-        _print_diff(result)
+        print_diff(result)
         if output is not None:
             click.echo(f"  every difference written to {output}")
     raise SystemExit(EXIT_FINDING if result.found else EXIT_OK)
@@ -323,6 +244,12 @@ def repair(  # noqa: PLR0913 (click passes every option of the command as an arg
     json_context(year_month=year_month)
     settings = build_settings(dsn, delta_root, config_path)
     db, specs = _prepare(settings, tables)
+    from reconciler.audit import Outcome
+    from reconciler.check import Checker
+    from reconciler.repair import Repairer
+    from reconciler.verdict import Status
+    from replicator.month import Month
+
     repairer = Repairer(Checker(db, settings), settings, actor=f"cli:{getpass.getuser()}")
     chosen = RepairMode(mode) if mode else None
     results = [
@@ -418,6 +345,9 @@ def run(  # noqa: PLR0913 (click passes every option of the command as an argume
         fail(f"{exc}: the reconciler cannot start without Postgres")
     if settings.daemon.json_logs:
         configure_logging(json_logs=True)
+    from reconciler.daemon import Daemon
+    from reconciler.verdict import Status
+
     daemon = Daemon(load)
     daemon.install_signal_handlers()
     server = None
@@ -459,6 +389,8 @@ def status(
     """
     settings = build_settings(dsn, delta_root, config_path)
     db, _ = _prepare(settings, ())
+    from reconciler.status import build_status
+
     report = build_status(db, settings)
     if as_json:
         emit_json(report.as_json())
@@ -504,6 +436,8 @@ def demo(
         parse_host_port(metrics_addr)
     except ConfigError as exc:
         fail(str(exc))
+    from reconciler.demo import DemoOptions, run_demo
+
     try:
         run_demo(
             DemoOptions(

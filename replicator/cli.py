@@ -21,7 +21,6 @@ from replicator.options import (
     settings_options,
     start,
 )
-from replicator.writer import WriteOptions, WriteStatus, write_months
 from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
@@ -76,6 +75,8 @@ def write(  # noqa: PLR0913 (click passes every option of the command as an argu
     Exit 0 written (or skipped without POSTGRES_DSN), 1 Postgres holds a newer Delta version,
     2 error.
     """
+    from replicator.writer import WriteOptions, WriteStatus, write_months
+
     json_context(year_month=year_month)
     settings = build_settings(dsn, delta_root, config_path)
     try:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import adbc_driver_manager
-import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
 from psycopg import sql
@@ -240,6 +239,10 @@ class Database:
 
     def adbc_session(self) -> AdbcSession:
         """A new ADBC session: Arrow results and binary COPY of Arrow batches."""
+        # Its DB-API module imports pyarrow.dataset (and pandas or polars where installed):
+        # a fifth of a second that a command reading no Arrow should not pay.
+        import adbc_driver_postgresql.dbapi as adbc
+
         try:
             return AdbcSession(self, adbc.connect(self.conninfo()))
         except adbc_driver_manager.Error as exc:

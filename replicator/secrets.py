@@ -19,8 +19,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 REDACTED = "***"
 # Password-looking fragments that may appear in any driver message, whatever the DSN shape.
 _PASSWORD_PATTERNS = (
@@ -118,6 +116,8 @@ class Dsn:
         self.password_source = password_source
         self._issued: deque[str] = deque(maxlen=8)  # passwords handed out, for scrubbing
         try:
+            from psycopg.conninfo import conninfo_to_dict  # psycopg only once a DSN is parsed
+
             self._params: dict[str, object] = dict(conninfo_to_dict(raw))
         except Exception:
             # libpq's parse error quotes the offending fragment, which may be the password.
@@ -137,6 +137,8 @@ class Dsn:
             password = self.password_source()
             self._issued.append(password)
             overrides["password"] = password
+        from psycopg.conninfo import make_conninfo
+
         return make_conninfo(self._raw, **overrides)
 
     def same_as(self, other: Dsn) -> bool:

@@ -30,7 +30,7 @@ from tests.fix_daemon import DaemonProcess
 from tests.fix_delta import WriteMonth
 from tests.waiting import free_port, tool, until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = "signal-reconciler"
@@ -240,7 +240,7 @@ def test_dashboard_and_alerts_with_two_replicas_a_real_prometheus_and_alertmanag
     got = {(s["metric"]["table"], s["metric"]["year_month"]): int(s["value"][1]) for s in series}
     assert got == MONTHS
     assert {str(code) for code in got.values()} <= mapped_codes()
-    (row,) = prometheus.query(queries["Months not in sync (table)"][0])
+    (row,) = prometheus.query(queries["Which months are not in sync (table)"][0])
     assert (row["metric"]["table"], row["metric"]["year_month"], row["value"][1]) == (
         "ranking_signal",
         "2026-09",
