@@ -3,7 +3,8 @@
 Every row is encoded as text, the same text whether the row is read by Postgres or by DataFusion
 from the Delta snapshot; the 64-bit lookup3 hash of that text is the row hash, and the hash of
 the key's encoding gives its bucket. Both the writer (which digests what it copies) and the
-reconciler (which digests both sides) use it, so it lives here, below both.
+reconciler (which digests both sides) use it, so it lives here, below both. On the Delta side
+`kernel` (compiled with numba, imported on first use) encodes and hashes a batch in one pass.
 """
 
 from replicator.contract.digest import DigestAccumulator, MonthDigest

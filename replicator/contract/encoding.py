@@ -3,7 +3,9 @@
 `RULES` holds, per contract encoding, the payload expression in Postgres SQL, the same payload in
 DataFusion SQL, the payload's fixed width (None: length-prefixed) and the Arrow-side preparation
 DataFusion needs first. `Encoder` turns a column list into one SQL expression per engine; which
-encoding a column uses comes from the type table (`replicator.schema.TYPES`).
+encoding a column uses comes from the type table (`replicator.schema.TYPES`). On the Delta side
+the compiled kernel (`kernel.py`) computes the same encodings from Arrow buffers; the DataFusion
+SQL is its fallback and the tests' reference.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Where the contract runs: `DeltaHasher` hashes Arrow batches (DataFusion builds the encodings,
-numpy hashes them), `ParallelHasher` does it on several threads; `postgres_hash` is the same
-hash as SQL for the server.
+"""Where the contract runs: `DeltaHasher` hashes Arrow batches (the compiled kernel, or when it is
+off DataFusion builds the encodings and numpy hashes them), `ParallelHasher` does it on several
+threads; `postgres_hash` is the same hash as SQL for the server.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import datafusion
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -45,24 +44,44 @@ def verify_server_hash(conn: Any) -> None:
         )
 
 
-class DeltaHasher:
-    """Applies the contract to Arrow batches of one table: DataFusion builds the encodings,
-    numpy hashes them. Used to digest the Delta side and by the writer, which digests what it
-    copies.
+def _kernel_on() -> bool:
+    """Whether this process hashes with the compiled kernel (decided, and a fallback logged,
+    once per process). `replicator.contract.kernel` is imported here, on first use, so that
+    `python -m replicator.contract.kernel` runs it as the entry point, not a second copy."""
+    from replicator.contract import kernel
 
-    Each query runs in one DataFusion partition, so results keep the batch's row order; the
-    parallelism is the caller's (a thread per batch, `ParallelHasher`), and not thread-safe
-    within one hasher: give each thread its own.
+    return kernel.available()
+
+
+class DeltaHasher:
+    """Applies the contract to Arrow batches of one table: the compiled kernel
+    (`replicator.contract.kernel`) encodes and hashes each batch in one pass; when the kernel is
+    off (no numba, a failed compile or self-check, `RECONCILER_CONTRACT_KERNEL=python`),
+    DataFusion builds the encodings and numpy hashes them, bit for bit the same. Used to digest
+    the Delta side and by the writer, which digests what it copies.
+
+    Each fallback query runs in one DataFusion partition, so results keep the batch's row
+    order; the parallelism is the caller's (a thread per batch, `ParallelHasher`), and not
+    thread-safe within one hasher: give each thread its own.
     """
 
     def __init__(self, schema: TableSchema) -> None:
         self.columns = schema.value_columns
         self.row_sql = DATAFUSION.row(self.columns)
-        config = datafusion.SessionConfig().with_target_partitions(1)
-        self._context = datafusion.SessionContext(config)
+        self._context: Any = None  # DataFusion's, made when the fallback first needs it
+
+    @property
+    def uses_kernel(self) -> bool:
+        return _kernel_on()
 
     def query(self, batch: pa.RecordBatch, select: str) -> pa.Table:
-        """Runs `select` (over table `b`) on one batch; rows come out in the batch's order."""
+        """Runs `select` (over table `b`) on one batch with DataFusion; rows come out in the
+        batch's order. The fallback's engine (and the tests' reference)."""
+        if self._context is None:
+            import datafusion  # only here: the CLI starts without it
+
+            config = datafusion.SessionConfig().with_target_partitions(1)
+            self._context = datafusion.SessionContext(config)
         self._context.register_record_batches("b", [[batch]])
         try:
             return pa.Table.from_batches(self._context.sql(select).collect())
@@ -71,6 +90,14 @@ class DeltaHasher:
 
     def hashes(self, batch: pa.RecordBatch) -> npt.NDArray[np.uint64]:
         """The row hashes of a batch of raw Delta rows, in the batch's row order."""
+        if _kernel_on():
+            from replicator.contract import kernel
+
+            return kernel.row_hashes(batch, self.columns)
+        return self.reference_hashes(batch)
+
+    def reference_hashes(self, batch: pa.RecordBatch) -> npt.NDArray[np.uint64]:
+        """The same hashes by the fallback: DataFusion's encodings, numpy's lookup3."""
         select = f"SELECT {self.row_sql} AS r FROM b"  # noqa: S608
         result = self.query(prepare_batch(batch, self.columns), select)
         return hash_bytes_extended(result.column("r"))
@@ -85,20 +112,47 @@ class DeltaHasher:
         """Each row's field encodings (column by column), to tell which columns differ."""
         if not batch.num_rows:
             return []
+        if _kernel_on():
+            from replicator.contract import kernel
+
+            return kernel.field_encodings(batch, self.columns)
+        return self.reference_fields(batch)
+
+    def _reference_encoded(self, batch: pa.RecordBatch) -> list[pa.ChunkedArray]:
+        """Each column's field encodings, by DataFusion."""
         select = ", ".join(f"{DATAFUSION.field(c)} AS f{i}" for i, c in enumerate(self.columns))
         encoded = self.query(prepare_batch(batch, self.columns), f"SELECT {select} FROM b")  # noqa: S608
-        columns = [encoded.column(f"f{i}").to_pylist() for i in range(len(self.columns))]
+        return [encoded.column(f"f{i}") for i in range(len(self.columns))]
+
+    def reference_fields(self, batch: pa.RecordBatch) -> list[tuple[str, ...]]:
+        """The same encodings by the fallback (DataFusion)."""
+        if not batch.num_rows:
+            return []
+        columns = [column.to_pylist() for column in self._reference_encoded(batch)]
         return list(zip(*columns, strict=True))
+
+    def field_hashes(self, batch: pa.RecordBatch) -> npt.NDArray[np.uint64]:
+        """uint64[rows, columns]: each field's hash alone, what Postgres computes as
+        `hashtextextended(<field encoding> COLLATE "C", 0)` (`postgres_hash`)."""
+        if _kernel_on():
+            from replicator.contract import kernel
+
+            return kernel.field_hashes(batch, self.columns)
+        out = np.empty((batch.num_rows, len(self.columns)), dtype=np.uint64)
+        if batch.num_rows:
+            for i, column in enumerate(self._reference_encoded(batch)):
+                out[:, i] = hash_bytes_extended(column)
+        return out
 
 
 Hashed = tuple[pa.RecordBatch, "npt.NDArray[np.uint64]"]
 
 
 class ParallelHasher:
-    """Hashes a stream of batches on `workers` threads (DataFusion and numpy release the GIL),
-    each with its own `DeltaHasher`. Each batch is cut into `workers` slices hashed at once,
-    while the next batch is read: two batches in memory whatever the number of workers, so
-    memory stays bounded by batches, not by the month or the cores."""
+    """Hashes a stream of batches on `workers` threads (the kernel releases the GIL, as
+    DataFusion and numpy do), each with its own `DeltaHasher`. Each batch is cut into `workers`
+    slices hashed at once, while the next batch is read: two batches in memory whatever the
+    number of workers, so memory stays bounded by batches, not by the month or the cores."""
 
     def __init__(self, schema: TableSchema, workers: int) -> None:
         self.schema = schema
