@@ -22,6 +22,7 @@ from typing import Any
 
 from psycopg import sql
 
+from reconciler.findings import Standing, read_standing
 from reconciler.record import DigestSource, MonthRecord
 from reconciler.sides import DeltaSide, MonthSide, PostgresSide, QueryLimits, RecordedSide
 from reconciler.verdict import (
@@ -48,7 +49,8 @@ from replicator.yearmonth import YearMonth
 
 logger = logging.getLogger(__name__)
 
-# Side -> [rows digested, seconds spent]: the digest work of one check, for pacing and metrics.
+# Side -> [rows digested, seconds spent, CPU seconds of this process]: the digest work of one
+# check, for pacing and metrics (the Delta side's CPU is what `daemon.deep_check_budget` caps).
 DigestWork = dict[str, list[float]]
 
 
@@ -158,11 +160,13 @@ class _Contents:
         return self.sides.get(evidence)
 
     def _timed(self, side: MonthSide) -> MonthDigest:
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         digest = side.digest()
-        spent = self.work.setdefault("delta" if side.name == "delta" else "postgres", [0, 0.0])
+        key = "delta" if side.name == "delta" else "postgres"
+        spent = self.work.setdefault(key, [0, 0.0, 0.0])
         spent[0] += digest.rows
         spent[1] += time.monotonic() - started
+        spent[2] += time.process_time() - cpu
         return digest
 
     def counts(self) -> dict[Evidence, Digest | None]:
@@ -217,6 +221,8 @@ class _Month:
     in_flight: bool
     schema: TableSchema
     change: MonthChange
+    deep: bool = False
+    standing: Standing | None = None
 
     @property
     def synced(self) -> int | None:
@@ -313,6 +319,8 @@ class Checker:
             replication_in_flight(conn, month),
             schema,
             _change(latest, state, month),
+            deep,
+            read_standing(conn, month, state),
         )
         contents = self._contents(seen, deep)
         facts = self._facts(seen, contents)
@@ -343,6 +351,8 @@ class Checker:
             postgres_as_synced=counts[Evidence.POSTGRES_AS_SYNCED],
             as_synced=counts[Evidence.AS_SYNCED],
             delta_now=counts[Evidence.DELTA_NOW],
+            deep=seen.deep,
+            standing_drift=seen.standing.reason if seen.standing else None,
         )
 
     def _contents(self, seen: _Month, deep: bool) -> _Contents:

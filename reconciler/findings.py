@@ -8,18 +8,20 @@ is logged, never raised.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from psycopg import sql
 
-from reconciler.check import CheckResult
 from reconciler.record import MonthRecord
 from reconciler.verdict import Status
 from replicator.config import TableSpec
 from replicator.errors import PostgresError
 from replicator.month import Month
 from replicator.postgres import Session
+from replicator.syncstate import SyncState
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +30,11 @@ MONTH_CHECK = sql.Identifier("ranking", "month_check")
 _UPSERT = sql.SQL(
     "INSERT INTO {} AS m (table_name, year_month, status, reason, checked_at,"
     " delta_version, synced_version, delta_rows, postgres_rows, lag_seconds,"
-    " last_postgres_check_at, last_deep_check_at, duration_seconds)"
+    " last_postgres_check_at, last_deep_check_at, duration_seconds, anchor_key, found_deep)"
     " VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s, %s,"
-    " CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END, %s)"
+    " CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END, %s, %s, %s)"
     " ON CONFLICT (table_name, year_month) DO UPDATE SET status = EXCLUDED.status,"
+    " anchor_key = EXCLUDED.anchor_key, found_deep = EXCLUDED.found_deep,"
     " reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at,"
     " delta_version = EXCLUDED.delta_version,"
     " synced_version = EXCLUDED.synced_version, delta_rows = EXCLUDED.delta_rows,"
@@ -43,10 +46,39 @@ _UPSERT = sql.SQL(
 ).format(MONTH_CHECK)
 
 
-def record_finding(conn: Session, result: CheckResult) -> None:
+def anchor_key(state: SyncState | None) -> str | None:
+    """What identifies the anchor a finding judged: another sync or re-anchoring, another key."""
+    if state is None:
+        return None
+    moments = (state.synced_at, state.verified_at)
+    return "|".join([state.run_id or "", *(m.isoformat() if m else "" for m in moments)])
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A drift a deep check found, which stands until a repair, a new sync or a new deep check
+    of the month says otherwise (`verdict.classify` keeps it over a plain check's in_sync)."""
+
+    reason: str
+    found_at: dt.datetime
+
+
+def read_standing(conn: Session, month: Month, state: SyncState | None) -> Standing | None:
+    """The month's standing drift for the anchor it still has, if any."""
+    row = conn.fetchone(
+        sql.SQL(
+            "SELECT reason, checked_at FROM {} WHERE table_name = %s AND year_month = %s"
+            " AND status = 'drift' AND found_deep AND anchor_key IS NOT DISTINCT FROM %s"
+        ).format(MONTH_CHECK),
+        (month.table, month.ym, anchor_key(state)),
+        binary=True,
+    )
+    return None if row is None else Standing(str(row[0]), row[1])
+
+
+def record_finding(conn: Session, record: MonthRecord, *, deep: bool, anchor: str | None) -> None:
     """Upserts the month's last comparison; commits on `conn`. A completed check re-digested
     Postgres (and, if deep, Delta): their clocks move; an error moves neither."""
-    record = result.record
     completed = record.status is not Status.ERROR
     try:
         conn.begin_default()
@@ -63,8 +95,10 @@ def record_finding(conn: Session, result: CheckResult) -> None:
                 record.postgres_rows,
                 record.lag_seconds,
                 completed,
-                completed and result.deep,
+                completed and deep,
                 record.duration_seconds,
+                anchor,
+                deep,
             ),
         )
         conn.commit()

@@ -20,8 +20,9 @@ from exporter.metrics import Metrics
 from reconciler.autorepair import HOUR, plan_repairs
 from reconciler.check import CheckResult
 from reconciler.context import Context
-from reconciler.findings import forget_findings, read_findings, record_finding
+from reconciler.findings import anchor_key, forget_findings, read_findings, record_finding
 from reconciler.monthstate import MonthStates, SyncAnchor
+from reconciler.pacing import ProofBudget
 from reconciler.planner import CycleSnapshot, PlannedCheck, plan
 from reconciler.snapshot import SnapshotReader
 from reconciler.verdict import Status
@@ -49,6 +50,7 @@ class LeaderCycle:
         self.metrics = metrics
         self.context = context
         self.snapshots = SnapshotReader(context.settings.tables)
+        self.budget = ProofBudget(context.settings.daemon.deep_check_budget)
         self.circuit_open = False
         self._repair_history: collections.deque[dt.datetime] = collections.deque()
         self._remembered = False  # the periodic checks' clocks were read from month_check
@@ -58,6 +60,7 @@ class LeaderCycle:
     def reconfigure(self, context: Context) -> None:
         self.context = context
         self.snapshots.tables = context.settings.tables
+        self.budget.share = context.settings.daemon.deep_check_budget
 
     def forget_clocks(self) -> None:
         """A follower's clocks came with the leader's findings: nothing to read again."""
@@ -76,11 +79,23 @@ class LeaderCycle:
         read = self.snapshots.read(conn, readers, self.context.window(), dt.datetime.now(dt.UTC))
         forget_findings(conn, self._observe(read.snapshot))
         self._checked_now.clear()
-        for check in plan(read.snapshot, self.months, self.context.periods):
+        planned = plan(read.snapshot, self.months, self.context.periods)
+        proofs = list(planned.proofs)
+        for planned_check in [
+            *planned.checks,
+            *(PlannedCheck(m, True, "proof due") for m in proofs),
+        ]:
             if stop.is_set() or not self.context.leader.still_leader():
                 break  # a deposed leader must not write findings beside the new one
-            reader = readers.get(check.month.table)
-            self._check(conn, check, reader, stop, summary)
+            check, wanted = planned_check, planned_check.month in proofs
+            if check.deep and not wanted:
+                continue  # proved already in this cycle, as part of its other check
+            if wanted and self.budget.allows(dt.datetime.now(dt.UTC)):
+                proofs.remove(check.month)
+                check = dataclasses.replace(check, deep=True)
+            elif check.deep:
+                continue  # the Delta budget is spent for now: the next cycle proves on
+            self._check(conn, check, readers.get(check.month.table), stop, summary)
         return read.unreadable
 
     def _remember(self, conn: Session) -> None:
@@ -120,18 +135,21 @@ class LeaderCycle:
         summary: CycleSummary,
     ) -> None:
         table = check.month.table
+        started = dt.datetime.now(dt.UTC)
         self.metrics.checks.labels(table=table).inc()
         with self.metrics.check_duration.labels(table=table).time():
             result = self.context.checker.examine(
                 check.month, conn=conn, latest=reader, deep=check.deep
             )
         self._pace(result, stop)
+        if check.deep and "delta" in result.work:
+            self.budget.spent(started, result.work["delta"][2])
         summary.checked += 1
         if result.status is Status.ERROR:
             self.metrics.check_failures.labels(table=table).inc()
         self.months.ensure(check.month).checked(result.record, deep=check.deep)
         self._checked_now[check.month] = result
-        record_finding(conn, result)
+        record_finding(conn, result.record, deep=result.deep, anchor=anchor_key(result.sync))
         if result.reanchor is not None:
             self._reanchor(result)
         quiet = result.status in (Status.IN_SYNC, Status.LAGGING)
@@ -146,11 +164,12 @@ class LeaderCycle:
         )
 
     def _pace(self, result: CheckResult, stop: threading.Event) -> None:
-        for side, (rows, seconds) in result.work.items():
+        for side, (rows, seconds, _) in result.work.items():
             self.metrics.digest_rows.labels(side=side).inc(rows)
             self.metrics.digest_seconds.labels(side=side).inc(seconds)
         if "postgres" in result.work:
-            pause = self.context.pacer.pause_after(*result.work["postgres"])
+            rows, seconds, _ = result.work["postgres"]
+            pause = self.context.pacer.pause_after(rows, seconds)
             if pause > 0:
                 self.metrics.digest_paused.inc(pause)
                 stop.wait(pause)

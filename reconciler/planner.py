@@ -6,9 +6,12 @@ present in Postgres, tables whose Postgres side may have changed unseen) into a 
 
 * months whose inputs changed, are new, in error, or belong to a table the Postgres watch no
   longer vouches for: compared now, newest first;
-* the periodic bounds behind the cheap signals: every month's Postgres side re-digested against
-  its anchor once per `postgres_check_period_seconds`, and its Delta side recomputed once per
-  `deep_check_period_seconds`, a few months per cycle (most overdue first) so the load is flat.
+* the periodic bound behind the cheap signals: every month's Postgres side re-digested against
+  its anchor once per `postgres_check_period_seconds`, a few months per cycle (most overdue
+  first) so the load is flat;
+* the proofs: months whose last proof (both digests recomputed from the data) is half of
+  `deep_check_period_seconds` old, oldest first, which the cycle proves as its Delta budget
+  (`daemon.deep_check_budget`) allows.
 
 Nothing here reads a database.
 """
@@ -83,31 +86,56 @@ def why_compare(
     return None
 
 
-def plan(
-    snapshot: CycleSnapshot, known: Mapping[Month, MonthState], periods: Periods
-) -> list[PlannedCheck]:
-    """The comparisons of this cycle: changed months newest first, then the periodic ones."""
+@dataclass(frozen=True)
+class Plan:
+    """This cycle's comparisons, and the months to prove when the Delta budget allows."""
+
+    checks: list[PlannedCheck]
+    proofs: list[Month]  # oldest proof first
+
+
+def plan(snapshot: CycleSnapshot, known: Mapping[Month, MonthState], periods: Periods) -> Plan:
+    """The comparisons of this cycle (changed months newest first, then the Postgres
+    re-checks due) and the proofs wanted (`proofs_wanted`)."""
     todo = []
     for meta in snapshot.months:
         why = why_compare(meta, known.get(meta.month), snapshot)
         if why is not None:
             todo.append(PlannedCheck(meta.month, why=why))
     todo.sort(key=lambda check: check.month.year_month, reverse=True)
-    # The periodic checks concern anchored months of readable tables, compared before or not
-    # (a restarted process compares every month first: a due deep check takes that turn).
-    comparable = {
+    comparable = _comparable(snapshot, known)
+    postgres = _Due(periods.postgres_check_period_seconds, lambda s: s.record.postgres_checked_at)
+    postgres.add(todo, comparable, snapshot.now, periods.interval_seconds)
+    return Plan(todo, proofs_wanted(comparable, snapshot.now, periods.deep_check_period_seconds))
+
+
+def _comparable(
+    snapshot: CycleSnapshot, known: Mapping[Month, MonthState]
+) -> dict[Month, MonthState]:
+    """Anchored months of readable tables, compared before or not (a restarted process compares
+    every month first: a due proof takes that turn)."""
+    return {
         meta.month: known[meta.month]
         for meta in snapshot.months
         if meta.month in known
         and meta.month.table in snapshot.readable_tables
         and meta.sync is not None
     }
-    for due in (
-        _Due(periods.postgres_check_period_seconds, lambda s: s.record.postgres_checked_at),
-        _Due(periods.deep_check_period_seconds, lambda s: s.last_proof, deep=True),
-    ):
-        due.add(todo, comparable, snapshot.now, periods.interval_seconds)
-    return todo
+
+
+def proofs_wanted(
+    months: Mapping[Month, MonthState], now: dt.datetime, max_age: float
+) -> list[Month]:
+    """The months to prove again (both digests from the data), oldest proof first: those whose
+    proof is half the maximum age old or more. The daemon proves them as its Delta budget
+    allows, so a month's proof stays younger than the maximum age as long as a sweep of all of
+    them fits in half of it (docs/operations.md, "Continuous proof")."""
+
+    def last(state: MonthState) -> dt.datetime:
+        return state.last_proof or _NEVER
+
+    due = [s for s in months.values() if (now - last(s)).total_seconds() >= max_age / 2]
+    return [s.month for s in sorted(due, key=last)]
 
 
 _NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -119,7 +147,6 @@ class _Due:
 
     period: float
     last: Callable[[MonthState], dt.datetime | None]
-    deep: bool = False
 
     def add(
         self,
@@ -140,10 +167,6 @@ class _Due:
         )
         budget = max(1, math.ceil(len(months) * interval / self.period))
         planned = {check.month: i for i, check in enumerate(todo)}
-        why = "deep check due" if self.deep else "Postgres re-check due"
         for state in due[:budget]:
-            check = PlannedCheck(state.month, deep=self.deep, why=why)
             if state.month not in planned:
-                todo.append(check)
-            elif self.deep and not todo[planned[state.month]].deep:
-                todo[planned[state.month]] = check
+                todo.append(PlannedCheck(state.month, why="Postgres re-check due"))

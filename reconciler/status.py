@@ -168,6 +168,9 @@ def _month(
             checked is not None and state.synced_at is not None and checked < state.synced_at
         )
         facts = dataclasses.replace(facts, synced_since_finding=synced_since)
+        # A sync proves the month too: it digests the rows it copies, in the transaction
+        # that writes them.
+        proofs = [t for t in (record.proven_at, state.verified_at or state.synced_at) if t]
         record = dataclasses.replace(
             record,
             synced_version=state.delta_version,
@@ -175,6 +178,7 @@ def _month(
             last_sync_at=state.synced_at,
             consecutive_failures=state.consecutive_failures,
             last_failure=state.last_failure_reason,
+            proven_at=max(proofs) if proofs else None,
         )
         if state.consecutive_failures:  # a later success clears the failure
             notes.append(

@@ -126,6 +126,10 @@ class MonthFacts:
     as_synced: Digest | None = None  # None: nothing comparable to the sync is known
     delta_now: Digest | None = None
     schema_changed: bool = False  # the sync's digest was computed under other columns
+    deep: bool = False  # the Delta side is recomputed from the data, whatever the log says
+    # A drift a deep check found for this same anchor (month_check): it stands until a repair,
+    # a new sync or a new deep check says otherwise, never cleared by a plain check.
+    standing_drift: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,17 @@ def needs_content(facts: MonthFacts) -> bool:
 def classify(facts: MonthFacts) -> Verdict:
     """The status of a month from its facts (see `MonthFacts`); `Undecided` when counts
     cannot decide and digests are needed."""
+    verdict = _classify(facts)
+    if verdict.status is Status.IN_SYNC and facts.standing_drift and not facts.deep:
+        return Verdict(
+            Status.DRIFT,
+            f"{facts.standing_drift} (found by a deep check; it stands until a repair, a new "
+            "sync or a new deep check)",
+        )
+    return verdict
+
+
+def _classify(facts: MonthFacts) -> Verdict:
     if facts.synced_version is None:
         return _never_synced(facts)
     if facts.sync_ahead:

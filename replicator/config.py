@@ -220,7 +220,12 @@ class DigestSettings:
 class DaemonSettings:
     interval_seconds: float = checked(60.0, positive)
     retention_months: int = checked(36, positive)
-    deep_check_period_seconds: float = checked(6 * 3600.0, positive)
+    # The maximum age of a month's proof (both digests recomputed from the data): the daemon
+    # re-proves the month whose proof is oldest, once it is half this old, as the budget allows.
+    deep_check_period_seconds: float = checked(3600.0, positive)
+    # The share of one core the Delta side of those proofs may use (their Postgres side keeps
+    # digest.postgres_max_share and postgres_rows_per_second).
+    deep_check_budget: float = checked(0.25, share)
     postgres_check_period_seconds: float = checked(15 * 60.0, positive)
     metrics_addr: str = checked(DEFAULT_METRICS_ADDR, host_port)
     # The Prometheus web configuration file (TLS, basic auth), as every official exporter reads.

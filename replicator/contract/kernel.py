@@ -2,7 +2,7 @@
 native pass, straight from the Arrow buffers (docs/hash-contract.md, sections 2 and 3).
 
 `row_hashes(batch, columns)` is lookup3 (PostgreSQL's `hash_bytes_extended`, seed 0, words read
-little-endian) of each row's `rh1` + fields; `field_hashes` the hash of each field alone (what
+little-endian) of each row's `rh2` + fields; `field_hashes` the hash of each field alone (what
 Postgres computes as `hashtextextended(<field> COLLATE "C", 0)`); `field_encodings` the fields'
 text, for the few rows a diff shows. `DeltaHasher` (hasher.py) uses them; when the kernel is
 off it uses the reference path instead (DataFusion's encodings, numpy's lookup3), bit for bit
@@ -27,8 +27,7 @@ arithmetic by hand in 32-bit limbs), int8/16/32/64, float32 (widened exactly) an
 without a zone, and the null type. Anything else is cast by Arrow first (string and binary
 views, dictionaries, other decimal widths, other integer or float widths, timestamps in s, ms
 or ns; a nanosecond that is not a whole microsecond is refused, as the reference refuses it).
-A NULL boolean encodes as `f`, not `N`: the contract's SQL on both engines is
-`CASE WHEN c THEN 't' ELSE 'f' END`, and every digest recorded so far has it that way.
+A NULL of any type, booleans included, encodes as `N` (contract rh2).
 
 Where the compiled code is cached, and what each deployment gets
 -----------------------------------------------------------------
@@ -169,6 +168,8 @@ def _float(array: pa.Array) -> Normalized:
 
 
 def _boolean(array: pa.Array) -> Normalized:
+    if pa.types.is_null(array.type):
+        return array, K_NULL, 0
     return array.cast(pa.bool_()), K_BOOLEAN, 0
 
 
@@ -201,8 +202,8 @@ def _normalized(array: pa.Array, encoding: Encoding) -> Normalized:
         array = array.combine_chunks()
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
-    if pa.types.is_null(array.type) and encoding is not Encoding.BOOLEAN:
-        return array, K_NULL, 0  # (a NULL boolean is f, not N: see _kernel._put_field)
+    if pa.types.is_null(array.type):
+        return array, K_NULL, 0
     return _NORMALIZE[encoding](array)
 
 
@@ -299,7 +300,7 @@ def _field_encodings(kernel: ModuleType, plan: _Plan) -> list[tuple[str, ...]]:
 
 # -- the public API --------------------------------------------------------------------------
 def row_hashes(batch: pa.RecordBatch, columns: tuple[Column, ...]) -> npt.NDArray[np.uint64]:
-    """Each row's hash: lookup3 of `rh1` + the fields of `columns` (in that order)."""
+    """Each row's hash: lookup3 of `CONTRACT_VERSION` (rh2) + the fields of `columns` (in that order)."""
     return _row_hashes(_require(), _plan(_arrays(batch, columns), batch.num_rows))
 
 

@@ -116,6 +116,25 @@ class TestStatuses:
         pg.execute("UPDATE ranking.ranking_signal SET value = -value WHERE rank = 7")
         assert check(settings).status == check(settings, deep=True).status == "drift"
 
+    def test_a_digest_of_the_previous_contract_is_recomputed_and_re_anchored(
+        self, settings: Settings, write_month: WriteMonth, pg: psycopg.Connection[Any]
+    ) -> None:
+        """After an upgrade from rh1 (a NULL boolean was f) the recorded digests are of another
+        contract: never compared, recomputed from both sides, then re-anchored."""
+        write_month("ranking_signal", "2026-10", rows=40)
+        replicate(settings)
+        pg.execute(
+            "UPDATE ranking.signal_sync_state SET content_digest ="
+            " replace(content_digest, 'rh2:', 'rh1:')"
+        )
+        checker = Checker.for_settings(settings)
+        result = checker.examine(Month.of(settings.table("ranking_signal"), OCT))
+        assert result.status == "in_sync", result.record.reason
+        assert result.record.delta_digest_source == "computed"
+        assert result.reanchor is not None and result.reanchor.anchor.content_digest.startswith(
+            "rh2:"
+        )
+
     def test_month_in_neither_side_is_an_error(
         self, settings: Settings, write_month: WriteMonth
     ) -> None:

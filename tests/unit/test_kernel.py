@@ -25,7 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replicator.config import TableSpec
-from replicator.contract import DeltaHasher, ParallelHasher, hash_bytes_extended, kernel
+from replicator.contract import (
+    CONTRACT_VERSION,
+    DeltaHasher,
+    ParallelHasher,
+    hash_bytes_extended,
+    kernel,
+)
 from replicator.schema import Column, ColumnType, TableSchema
 from tests.unit.test_contract_encoding import FIELDS
 
@@ -250,7 +256,7 @@ def test_known_field_encodings(delta_type: str, values: pa.Array, expected: str)
     batch = batch_of(schema, [values])
     assert kernel.field_encodings(batch, schema.value_columns) == [(expected,)]
     assert kernel.row_hashes(batch, schema.value_columns).tolist() == (
-        hash_bytes_extended(pa.array(["rh1" + expected])).tolist()
+        hash_bytes_extended(pa.array([CONTRACT_VERSION + expected])).tolist()
     )
 
 
@@ -266,7 +272,7 @@ def test_every_length_across_lookup3_blocks(offset: int) -> None:
     fields = [f"{len(v.encode())}:{v}" for v in values]
     assert kernel.field_encodings(batch, schema.value_columns) == [(f,) for f in fields]
     assert kernel.row_hashes(batch, schema.value_columns).tolist() == (
-        hash_bytes_extended(pa.array(["rh1" + f for f in fields])).tolist()
+        hash_bytes_extended(pa.array([CONTRACT_VERSION + f for f in fields])).tolist()
     )
     assert kernel.field_hashes(batch, schema.value_columns)[:, 0].tolist() == (
         hash_bytes_extended(pa.array(fields)).tolist()
@@ -293,14 +299,13 @@ def test_a_month_of_ranking_signal_and_the_parallel_hasher() -> None:
     assert hasher.fields(some) == hasher.reference_fields(some)
 
 
-def test_a_null_boolean_encodes_as_the_contract_sql_does() -> None:
-    """docs/hash-contract.md says NULL is N, but both engines' SQL for a boolean is
-    `CASE WHEN c THEN 't' ELSE 'f' END`, which makes a NULL boolean 'f'. Every digest recorded
-    so far was computed that way; the kernel keeps it, bit for bit."""
+def test_a_null_boolean_is_n_not_false() -> None:
+    """Contract rh2: a NULL boolean is N like every NULL (rh1's SQL made it f, the same as
+    false, so a NULL turned false went unseen)."""
     schema = schema_of("boolean")
     batch = batch_of(schema, [pa.array([None, False, True])])
-    assert kernel.field_encodings(batch, schema.value_columns) == [("f",), ("f",), ("t",)]
-    assert DeltaHasher(schema).reference_fields(batch) == [("f",), ("f",), ("t",)]
+    assert kernel.field_encodings(batch, schema.value_columns) == [("N",), ("f",), ("t",)]
+    assert DeltaHasher(schema).reference_fields(batch) == [("N",), ("f",), ("t",)]
 
 
 def test_nanoseconds_that_do_not_fit_microseconds_are_refused_like_the_reference() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from reconciler.monthstate import DeltaInputs, MonthInputs, MonthState, SyncAnchor
+from reconciler.pacing import ProofBudget
 from reconciler.planner import CycleSnapshot, MonthMetadata, Periods, PlannedCheck, plan
 from reconciler.record import MonthRecord
 from reconciler.verdict import Status
@@ -53,7 +54,11 @@ def snapshot(*months: MonthMetadata, suspicious: dict[str, str] | None = None) -
 def planned(
     snap: CycleSnapshot, states: list[MonthState], periods: Periods = PERIODS
 ) -> list[PlannedCheck]:
-    return plan(snap, {s.month: s for s in states}, periods)
+    return plan(snap, {s.month: s for s in states}, periods).checks
+
+
+def proofs(snap: CycleSnapshot, states: list[MonthState]) -> list[str]:
+    return [m.ym for m in plan(snap, {s.month: s for s in states}, PERIODS).proofs]
 
 
 def months_of(checks: list[PlannedCheck]) -> list[str]:
@@ -112,34 +117,42 @@ def test_a_month_never_re_digested_is_due() -> None:
     assert months_of(planned(snapshot(m), [state])) == ["2026-10"]
 
 
-def test_deep_checks_count_from_the_sync_or_the_last_deep_check() -> None:
+def test_proofs_are_wanted_from_half_the_maximum_age_oldest_first() -> None:
+    months = [meta("2026-08"), meta("2026-09"), meta("2026-10")]
+    states = [
+        known(months[0], deep_ago=1700),  # younger than half of 3600 s: not yet
+        known(months[1], deep_ago=1900),
+        known(months[2], deep_ago=7200),
+    ]
+    assert proofs(snapshot(*months), states) == ["2026-10", "2026-09"]
+    assert planned(snapshot(*months), states) == []  # proofs are not checks: the budget decides
+
+
+def test_proofs_count_from_the_sync_or_the_last_deep_check() -> None:
     m = meta("2026-10")
     state = known(m, deep_ago=7200)
-    assert planned(snapshot(m), [state]) == [
-        check(month_key("t", "2026-10"), True, "deep check due")
-    ]
+    assert proofs(snapshot(m), [state]) == ["2026-10"]
     state.anchored_at = ago(10)  # a sync digested the month's Delta rows ten seconds ago
-    assert planned(snapshot(m), [state]) == []
+    assert proofs(snapshot(m), [state]) == []
 
 
-def test_a_month_both_changed_and_due_is_compared_once_deep() -> None:
-    state = known(meta("2026-10"), deep_ago=7200)
-    changed = meta("2026-10", change=ChangeKind.CHANGED, since=4)
-    assert planned(snapshot(changed), [state]) == [
-        check(month_key("t", "2026-10"), True, "deep check due")
-    ]
-
-
-def test_a_restarted_process_compares_first_and_deep_when_due() -> None:
+def test_a_restarted_process_compares_first_and_proves_what_an_earlier_one_left_old() -> None:
     m = meta("2026-10")
     fresh = MonthState(MonthRecord(month_key("t", "2026-10")), anchored_at=ago(10))  # unknown here
     assert planned(snapshot(m), [fresh]) == [
         check(month_key("t", "2026-10"), why="not compared yet")
     ]
-    # An earlier process recorded its last deep check two hours ago: due now, not postponed.
+    assert proofs(snapshot(m), [fresh]) == []
+    # An earlier process recorded its last proof two hours ago: wanted now, not postponed.
     overdue = MonthState(
         MonthRecord(month_key("t", "2026-10"), proven_at=ago(7200)), anchored_at=ago(9000)
     )
-    assert planned(snapshot(m), [overdue]) == [
-        check(month_key("t", "2026-10"), True, "deep check due")
-    ]
+    assert proofs(snapshot(m), [overdue]) == ["2026-10"]
+
+
+def test_the_proof_budget_is_a_share_of_one_core() -> None:
+    budget = ProofBudget(0.25)
+    assert budget.allows(NOW)
+    budget.spent(NOW, cpu_seconds=2.0)  # 2 s of CPU at a quarter of a core: 8 s apart
+    assert not budget.allows(NOW + dt.timedelta(seconds=7.9))
+    assert budget.allows(NOW + dt.timedelta(seconds=8))
