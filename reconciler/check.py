@@ -455,9 +455,16 @@ class Checker:
             content_schema=seen.schema.content_schema,
             content_digest=now.hex,
             row_count=now.rows,
+            delta_schema=latest.identity,
+            delta_commit_ms=latest.commit_timestamp(latest.version),
         )
-        held = (state.delta_table_id, state.delta_files, state.content_schema)
-        fresh = (anchor.delta_table_id, anchor.delta_files, anchor.content_schema)
+        held = (state.delta_table_id, state.delta_files, state.content_schema, state.delta_schema)
+        fresh = (
+            anchor.delta_table_id,
+            anchor.delta_files,
+            anchor.content_schema,
+            anchor.delta_schema,
+        )
         if held != fresh or state.content_digest != anchor.content_digest:
             return Reanchor(anchor, state)
         return None
@@ -477,12 +484,7 @@ def _change(latest: DeltaTableReader, state: SyncState | None, month: Month) -> 
         return MonthChange(
             ChangeKind.CHANGED, pending_since=latest.month_written_at(month.year_month)
         )
-    return latest.month_change(
-        month.year_month,
-        version=state.delta_version,
-        table_id=state.delta_table_id,
-        files=state.delta_files,
-    )
+    return latest.month_change(month.year_month, state.since())
 
 
 def _columns_of(schema: TableSchema) -> list[tuple[str, str, bool]]:

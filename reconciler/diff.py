@@ -366,12 +366,7 @@ class Differ:
         """The Delta snapshot to compare with, and how to say which it is."""
         if state is None or state.delta_version is None:
             return _Against(latest, f"Delta version {latest.version} (the latest; never synced)")
-        change = latest.month_change(
-            month.year_month,
-            version=state.delta_version,
-            table_id=state.delta_table_id,
-            files=state.delta_files,
-        )
+        change = latest.month_change(month.year_month, state.since())
         if change.kind is ChangeKind.CHANGED:
             held = latest.loadable_version(state.delta_version)
             if held is not None:

@@ -287,6 +287,8 @@ class NarrowRepair:
             content_schema=schema.content_schema,
             content_digest=after.hex,
             row_count=after.rows,
+            delta_schema=reader.identity,
+            delta_commit_ms=reader.commit_timestamp(reader.version),
         )
         session.execute(RECORD_SYNC, record_sync_params(self.month, self.run_id, anchor))
         self._commit(session)

@@ -96,9 +96,7 @@ def delta_inputs(
         return DeltaInputs(
             reader.table_id, reader.has_month(month), None, None, reader.month_fingerprint(month)
         )
-    change = reader.month_change(
-        month, version=state.delta_version, table_id=state.delta_table_id, files=state.delta_files
-    )
+    change = reader.month_change(month, state.since())
     return DeltaInputs(
         reader.table_id, reader.has_month(month), change.kind, change.since_version, None
     )

@@ -202,12 +202,7 @@ def _delta_since_sync(
 ) -> tuple[MonthRecord, ReportFacts]:
     """What the Delta log says of the month since its sync."""
     assert state.delta_version is not None
-    change = reader.month_change(
-        record.month.year_month,
-        version=state.delta_version,
-        table_id=state.delta_table_id,
-        files=state.delta_files,
-    )
+    change = reader.month_change(record.month.year_month, state.since())
     reason = change.reason
     lag = 0.0
     if change.changed and change.since_version is not None:

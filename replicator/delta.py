@@ -1,25 +1,20 @@
 """Reading Delta tables: one table pinned at one version, its months as logical files, whether a
-month changed since a version (by the Delta protocol), and the month's rows in batches.
+month changed since a sync (`replicator.deltalog`), and the month's rows in batches.
 
 A month's content is its set of *logical files*: a data file's path plus the deletion vector
 (DV) that hides some of its rows (PROTOCOL.md, "Add File and Remove File"). Its row count is the
-files' `numRecords` minus the rows their DVs hide. Whether the month changed after a version is
-read from the commits since that version: only `add`/`remove` actions with `dataChange: true`
-change data; OPTIMIZE, Z-order and compaction commit `dataChange: false`. Where those commits
-cannot be read (log cleaned up, table recreated), the answer is "unknown", never a guess.
+files' `numRecords` minus the rows their DVs hide. When delta-rs cannot list the table's DVs
+(a file with a DV but no `numRecords` makes it refuse the whole table), the month's rows are
+counted by delta-rs's own scan instead, which reads such a file fine, and its file set can no
+longer vouch for the content: the log alone decides (see `month_change`).
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
-import json
 import logging
 import re
-import threading
-import time
 import urllib.parse
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -31,6 +26,15 @@ from deltalake.exceptions import TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
 
 from replicator.config import TableSpec
+from replicator.deltalog import (
+    COMMITS,
+    ChangeKind,
+    CommitSummary,
+    MonthChange,
+    Since,
+    read_identity,
+    summarize,
+)
 from replicator.errors import DeltaError, ReplicationError
 from replicator.schema import PARTITION_COLUMN, Column, datafusion_identifier, delta_columns
 from replicator.yearmonth import YearMonth
@@ -38,6 +42,9 @@ from replicator.yearmonth import YearMonth
 logger = logging.getLogger(__name__)
 
 EMPTY_MONTH = "empty"  # the fingerprint of a month without files
+PARTIAL = "partial:"  # a fingerprint made without the files' deletion vectors
+
+__all__ = ["ChangeKind", "DeltaTableReader", "LogicalFile", "MonthChange", "Since"]
 
 
 @dataclass(frozen=True)
@@ -55,72 +62,14 @@ class LogicalFile:
         return None if self.num_records is None else self.num_records - self.deleted
 
 
-class ChangeKind(enum.Enum):
-    UNCHANGED = "unchanged"  # the month's data is what it was at the version
-    CHANGED = "changed"  # a commit since the version changed the month's data
-    UNKNOWN = "unknown"  # the commits since the version cannot be read: do not guess
-
-
-@dataclass(frozen=True)
-class MonthChange:
-    """What happened to a month's data after a version, by the Delta protocol."""
-
-    kind: ChangeKind
-    reason: str = ""
-    since_version: int | None = None  # the first version that changed the month's data
-    pending_since: float | None = None  # when that happened (epoch seconds), for the lag
-
-    @property
-    def changed(self) -> bool:
-        return self.kind is not ChangeKind.UNCHANGED
-
-    def lag_seconds(self, now: float | None = None) -> float:
-        if self.pending_since is None:
-            return 0.0
-        return max(0.0, (time.time() if now is None else now) - self.pending_since)
-
-
-@dataclass(frozen=True)
-class CommitSummary:
-    """What one commit did, as far as months are concerned (commits never change)."""
-
-    timestamp_ms: int | None
-    table_id: str | None  # the table id of a metaData action in the commit
-    data_changed: frozenset[str]  # months whose data the commit changed
-    unplaced: bool  # it changed data of a file whose month cannot be told
-
-
-class _CommitCache:
-    """Parsed commits by (table uri, table id, version); bounded, shared by every reader."""
-
-    def __init__(self, size: int = 50_000) -> None:
-        self._entries: OrderedDict[tuple[str, str, int], CommitSummary] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str, int]) -> CommitSummary | None:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-            return found
-
-    def put(self, key: tuple[str, str, int], summary: CommitSummary) -> None:
-        with self._lock:
-            self._entries[key] = summary
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-
-COMMITS = _CommitCache()
-
-
-def month_fingerprint(files: list[LogicalFile]) -> str:
-    """The identity of a month's logical file set: equal fingerprints, equal content."""
+def month_fingerprint(files: list[LogicalFile], *, partial: bool = False) -> str:
+    """The identity of a month's logical file set: equal fingerprints, equal content. A partial
+    one (the DVs could not be read) vouches for nothing (see `month_change`)."""
     if not files:
         return EMPTY_MONTH
     lines = sorted(f"{f.path}\0{f.deletion_vector or ''}" for f in files)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
+    return PARTIAL + digest if partial else digest
 
 
 class DeltaTableReader:
@@ -136,27 +85,25 @@ class DeltaTableReader:
         self.spec = spec
         self.uri = uri
         self._storage_options = dict(storage_options)
+        self.table = _open(spec, uri, self._storage_options, version)
         try:
-            self.table = DeltaTable(
-                uri, version=version, storage_options=self._storage_options or None
-            )
             self.version: int = self.table.version()
-            self.table_id: str = str(self.table.metadata().id)
+            metadata = self.table.metadata()
+            self.table_id: str = str(metadata.id)
+            self.identity = read_identity(
+                self.table.schema().to_json(),
+                list(metadata.partition_columns or []),
+                dict(metadata.configuration or {}),
+            )
             protocol = self.table.protocol()
-        except TableNotFoundError:
-            if version is not None:
-                raise DeltaError(
-                    f"table {spec.name}: version {version} of {uri} can no longer be loaded "
-                    "(its log was cleaned up or the table recreated)"
-                ) from None
-            raise DeltaError(f"table {spec.name}: no Delta table at {uri}") from None
         except (_DeltaLibError, OSError, ValueError) as exc:
-            what = f"version {version}" if version is not None else "latest version"
             raise DeltaError(
-                f"table {spec.name}: cannot load {what} of {uri}: {storage_failure(exc)}"
+                f"table {spec.name}: cannot read {uri}: {storage_failure(exc)}"
             ) from None
         self._has_deletion_vectors = "deletionVectors" in (protocol.reader_features or [])
+        self._dvs_readable = True
         self._files: dict[str, list[LogicalFile]] | None = None
+        self._counted: dict[str, int] = {}
         self._older: dict[int, DeltaTableReader | None] = {}
 
     def at_version(self, version: int) -> DeltaTableReader:
@@ -186,8 +133,9 @@ class DeltaTableReader:
         return (PARTITION_COLUMN,)
 
     # -- the month's logical files ----------------------------------------------------------
-    def _deletion_vectors(self) -> dict[str, tuple[int, str]]:
-        """(rows hidden, identity of the DV's content) per relative path of a file with a DV.
+    def _deletion_vectors(self) -> dict[str, tuple[int, str]] | None:
+        """(rows hidden, identity of the DV's content) per relative path of a file with a DV;
+        None when delta-rs cannot list them.
 
         delta-rs exposes the deletion vectors as keep-masks only (not their descriptors), so a
         DV is identified by the positions it hides: equal positions, equal logical file.
@@ -199,9 +147,14 @@ class DeltaTableReader:
         try:
             table = pa.table(self.table.deletion_vectors())
         except (_DeltaLibError, OSError) as exc:
-            raise DeltaError(
-                f"table {self.spec.name}: cannot read deletion vectors: {exc}"
-            ) from None
+            logger.warning(
+                "table %s: delta-rs cannot list the deletion vectors (%s): months are counted "
+                "by scanning them, and the Delta log alone tells whether they changed",
+                self.spec.name,
+                storage_failure(exc),
+                extra={"table": self.spec.name},
+            )
+            return None
         for batch in table.to_batches():
             uris = batch.column("filepath").to_pylist()
             masks = batch.column("selection_vector")
@@ -218,19 +171,22 @@ class DeltaTableReader:
             try:
                 actions = pa.table(self.table.get_add_actions(flatten=True))
             except _DeltaLibError as exc:
-                raise DeltaError(f"table {self.spec.name}: cannot list files: {exc}") from None
+                raise DeltaError(
+                    f"table {self.spec.name}: cannot list files: {storage_failure(exc)}"
+                ) from None
             column = f"partition.{PARTITION_COLUMN}"
             if column not in actions.column_names:
                 raise DeltaError(
                     f"table {self.spec.name}: Delta table is not partitioned by {PARTITION_COLUMN}"
                 )
             vectors = self._deletion_vectors()
-            files: dict[str, list[LogicalFile]] = {}
+            self._dvs_readable = vectors is not None
             records = (
                 actions.column("num_records").to_pylist()
-                if "num_records" in actions.column_names
-                else [None] * actions.num_rows
+                if "num_records" in actions.column_names and vectors is not None
+                else [None] * actions.num_rows  # unknown DVs: the counts are the scan's
             )
+            files: dict[str, list[LogicalFile]] = {}
             for path, month, count, mtime in zip(
                 actions.column("path").to_pylist(),
                 actions.column(column).to_pylist(),
@@ -238,7 +194,7 @@ class DeltaTableReader:
                 actions.column("modification_time").to_pylist(),
                 strict=True,
             ):
-                deleted, dv = vectors.get(urllib.parse.unquote(path), (0, None))
+                deleted, dv = (vectors or {}).get(urllib.parse.unquote(path), (0, None))
                 files.setdefault(str(month), []).append(
                     LogicalFile(path, count, int(mtime), deleted, dv)
                 )
@@ -249,62 +205,116 @@ class DeltaTableReader:
         """Partition values present at this version (not validated as months)."""
         return sorted(self._load_files())
 
+    def invalid_partitions(self) -> list[str]:
+        """Partition values that are not months (`YYYY-MM`): their rows are in no month."""
+        invalid = []
+        for value in self.months():
+            try:
+                YearMonth.parse(value)
+            except ValueError:
+                invalid.append(value)
+        return invalid
+
     def month_files(self, year_month: YearMonth) -> list[LogicalFile]:
         return self._load_files().get(str(year_month), [])
 
     def month_fingerprint(self, year_month: YearMonth) -> str:
-        return month_fingerprint(self.month_files(year_month))
+        files = self.month_files(year_month)
+        return month_fingerprint(files, partial=not self._dvs_readable)
 
     def month_row_count(self, year_month: YearMonth) -> int | None:
         """Logical rows of the month (numRecords minus what deletion vectors hide), from the
-        log alone; None when a file has no statistics."""
+        log; when a file has no statistics, the scan's count if its DVs could not be listed
+        (else None: a count query is the caller's to make)."""
         counts = [f.rows for f in self.month_files(year_month)]
-        if any(c is None for c in counts):
+        if not any(c is None for c in counts):
+            return sum(c for c in counts if c is not None)
+        if self._dvs_readable:
             return None
-        return sum(c for c in counts if c is not None)
+        return self.scan_count(year_month)
+
+    def scan_count(self, year_month: YearMonth) -> int:
+        """The month's logical rows as delta-rs's scan counts them (deletion vectors applied)."""
+        key = str(year_month)
+        if key not in self._counted:
+            query = f"SELECT count(*) AS n FROM t WHERE year_month = '{year_month}'"  # noqa: S608
+            try:
+                stream = QueryBuilder().register("t", self.table).execute(query)
+                table = pa.RecordBatchReader.from_stream(stream).read_all()
+            except Exception as exc:  # delta-rs raises several unrelated types
+                raise DeltaError(
+                    f"table {self.spec.name}: cannot count {year_month} at version "
+                    f"{self.version}: {_read_failure(exc)}"
+                ) from None
+            self._counted[key] = int(table.column(0)[0].as_py())
+        return self._counted[key]
 
     def has_month(self, year_month: YearMonth) -> bool:
         """Whether the month has rows at this version (files whose rows are all hidden by
         deletion vectors do not count)."""
+        if not self.month_files(year_month):
+            return False
         rows = self.month_row_count(year_month)
-        return bool(self.month_files(year_month)) if rows is None else rows > 0
+        return True if rows is None else rows > 0
 
     def month_written_at(self, year_month: YearMonth) -> float | None:
         """When the oldest file of the month was written (epoch seconds), None if absent."""
         times = [f.modification_time_ms for f in self.month_files(year_month)]
         return min(times) / 1000.0 if times else None
 
-    # -- what changed since a version -------------------------------------------------------
-    def month_change(
-        self,
-        year_month: YearMonth,
-        *,
-        version: int | None,
-        table_id: str | None = None,
-        files: str | None = None,
-    ) -> MonthChange:
-        """Whether the month's data changed after `version` of the table `table_id`, whose
-        month then had the logical file set `files` (a `month_fingerprint`)."""
-        if table_id is not None and table_id != self.table_id:
+    # -- what changed since a sync ------------------------------------------------------------
+    def month_change(self, year_month: YearMonth, since: Since) -> MonthChange:
+        """Whether the month's data changed after the sync `since` describes (see
+        `replicator.deltalog` for what counts as an explanation)."""
+        if since.table_id is not None and since.table_id != self.table_id:
             return MonthChange(
                 ChangeKind.UNKNOWN,
                 "the Delta table was recreated since the sync (its table id changed)",
             )
-        if files is not None and files == self.month_fingerprint(year_month):
+        if since.schema is not None and since.schema != self.identity:
+            return MonthChange(
+                ChangeKind.UNKNOWN,
+                "the Delta metadata that maps files to rows changed since the sync (column "
+                "mapping, physical names or types)",
+            )
+        current = self.month_fingerprint(year_month)
+        trusted = not current.startswith(PARTIAL) and since.schema is not None
+        if trusted and since.files == current:
             return MonthChange(ChangeKind.UNCHANGED)
-        if version is None or version > self.version:
+        if since.version is None or since.version > self.version:
             return MonthChange(ChangeKind.UNKNOWN, "the synced version is not in this table")
-        month = str(year_month)
-        for commit_version in range(version + 1, self.version + 1):
+        if since.commit_ms is not None:
+            synced = self._commit(since.version, fresh=True)
+            if synced is not None and synced.timestamp_ms != since.commit_ms:
+                return MonthChange(
+                    ChangeKind.UNKNOWN,
+                    f"Delta version {since.version} was rewritten since the sync (its commit "
+                    "timestamp differs)",
+                )
+        return self._walk(year_month, since, current)
+
+    def _walk(self, year_month: YearMonth, since: Since, current: str) -> MonthChange:
+        assert since.version is not None
+        month, explained = str(year_month), False
+        for commit_version in range(since.version + 1, self.version + 1):
             summary = self._commit(commit_version)
             if summary is None:
                 return MonthChange(
                     ChangeKind.UNKNOWN,
-                    f"the Delta log between version {version} and {self.version} was cleaned up",
+                    f"the Delta log between version {since.version} and {self.version} was "
+                    "cleaned up",
                 )
-            if summary.table_id is not None and summary.table_id != (table_id or self.table_id):
+            if summary.table_id is not None and summary.table_id != (
+                since.table_id or self.table_id
+            ):
                 return MonthChange(
                     ChangeKind.UNKNOWN, f"the Delta table was replaced at version {commit_version}"
+                )
+            if summary.identity is not None and summary.identity != since.schema:
+                return MonthChange(
+                    ChangeKind.UNKNOWN,
+                    f"a metaData action at version {commit_version} may change how the month's "
+                    "files read",
                 )
             if month in summary.data_changed or summary.unplaced:
                 stamp = summary.timestamp_ms
@@ -314,12 +324,25 @@ class DeltaTableReader:
                     commit_version,
                     stamp / 1000.0 if stamp is not None else self.month_written_at(year_month),
                 )
+            explained = explained or month in summary.rearranged
+        if since.files != current and not explained and not current.startswith(PARTIAL):
+            return MonthChange(
+                ChangeKind.UNKNOWN,
+                "the month's files differ from the sync's and no commit since explains it (a "
+                "rewritten or lost commit?)",
+            )
         return MonthChange(ChangeKind.UNCHANGED)
 
-    def _commit(self, version: int) -> CommitSummary | None:
-        """The summary of one commit file, or None when it no longer exists."""
+    def commit_timestamp(self, version: int) -> int | None:
+        """The commitInfo timestamp of a version (recorded at sync to tell a rewrite)."""
+        summary = self._commit(version, fresh=True)
+        return None if summary is None else summary.timestamp_ms
+
+    def _commit(self, version: int, *, fresh: bool = False) -> CommitSummary | None:
+        """The summary of one commit file, or None when it no longer exists. `fresh` reads the
+        file again even when cached (to tell a rewritten commit)."""
         key = (self.uri, self.table_id, version)
-        cached = COMMITS.get(key)
+        cached = None if fresh else COMMITS.get(key)
         if cached is not None:
             return cached
         handler = DeltaStorageHandler(self.table.table_uri, self._storage_options or None)
@@ -330,9 +353,10 @@ class DeltaTableReader:
             return None
         except OSError as exc:
             raise DeltaError(
-                f"table {self.spec.name}: cannot read the Delta log at version {version}: {exc}"
+                f"table {self.spec.name}: cannot read the Delta log at version {version}: "
+                f"{storage_failure(exc)}"
             ) from None
-        summary = _summarize(text, self._partition_keys())
+        summary = summarize(text, self._partition_keys())
         COMMITS.put(key, summary)
         return summary
 
@@ -367,21 +391,68 @@ class DeltaTableReader:
             ) from None
 
 
+def _open(
+    spec: TableSpec, uri: str, storage_options: dict[str, str], version: int | None
+) -> DeltaTable:
+    """The table at `version` (the latest by default), or a DeltaError that says what to do."""
+    try:
+        return DeltaTable(uri, version=version, storage_options=storage_options or None)
+    except TableNotFoundError:
+        if version is not None:
+            raise DeltaError(
+                f"table {spec.name}: version {version} of {uri} can no longer be loaded (its "
+                "log was cleaned up or the table recreated)"
+            ) from None
+        raise DeltaError(
+            f"table {spec.name}: no Delta table at {uri} (check SIGNALS_DELTA_ROOT or "
+            "tables.delta_location)"
+        ) from None
+    except (_DeltaLibError, OSError, ValueError) as exc:
+        if version is not None and "LogSegment end version" in str(exc):
+            latest = _latest_version(uri, storage_options)
+            raise DeltaError(
+                f"table {spec.name}: Delta version {version} does not exist"
+                + (f" (the latest is {latest})" if latest is not None else "")
+            ) from None
+        what = f"version {version}" if version is not None else "the latest version"
+        raise DeltaError(
+            f"table {spec.name}: cannot load {what} of {uri}: {storage_failure(exc)}"
+        ) from None
+
+
+def _latest_version(uri: str, storage_options: dict[str, str]) -> int | None:
+    try:
+        return int(DeltaTable(uri, storage_options=storage_options or None).version())
+    except Exception:  # only for a message: what the latest is, if it can be told
+        return None
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# What the innermost cause of a storage failure usually means, and what to do.
+_HINTS = (
+    ("permission", "check the storage credentials and the identity's role on the container"),
+    ("403", "check the storage credentials and the identity's role on the container"),
+    ("401", "check the storage credentials"),
+    ("timed out", "is the storage account reachable from here?"),
+    ("connection refused", "is the storage endpoint right and reachable?"),
+    ("dns", "is the storage account name right?"),
+)
 
 
 def storage_failure(exc: BaseException) -> str:
     """delta-rs's chain of causes (`Kernel error -> X ↳ cause ↳ cause ...`) as one line: what
-    failed, and the innermost cause, which is the one that says what to fix."""
+    failed, and the innermost cause, which is the one that says what to fix, with a hint."""
     text = _ANSI.sub("", str(exc))
     parts = [" ".join(p.split()) for p in text.split("↳")]
     parts = [p for p in parts if p]
     if not parts:
         return type(exc).__name__
     head = parts[0].removeprefix("Kernel error -> ").strip()
-    if len(parts) == 1:
-        return head
-    return f"{head}: {parts[-1]}"
+    head = re.sub(r"^(Generic )?delta kernel error:\s*", "", head, flags=re.IGNORECASE)
+    line = head if len(parts) == 1 else f"{head}: {parts[-1]}"
+    lowered = line.lower()
+    hint = next((h for key, h in _HINTS if key in lowered), None)
+    return f"{line} ({hint})" if hint else line
 
 
 _UNSUPPORTED = re.compile(r"Unsupported table features required: \[([^\]]*)\]")
@@ -399,47 +470,6 @@ def _read_failure(exc: Exception) -> str:
     if "not found" in text.lower() or "no such file" in text.lower():
         return f"{text} (a file of this version was vacuumed?)"
     return text
-
-
-def _action_month(action: dict[str, object], partition_keys: tuple[str, ...]) -> str | None:
-    values = action.get("partitionValues")
-    if isinstance(values, dict):
-        for key in partition_keys:
-            if isinstance(values.get(key), str):
-                return str(values[key])
-    # A remove without extended file metadata: a Hive-style path still names the month.
-    path = urllib.parse.unquote(str(action.get("path", "")))
-    marker = f"{PARTITION_COLUMN}="
-    for part in path.split("/"):
-        if part.startswith(marker):
-            return part[len(marker) :]
-    return None
-
-
-def _summarize(text: str, partition_keys: tuple[str, ...]) -> CommitSummary:
-    timestamp: int | None = None
-    table_id: str | None = None
-    changed: set[str] = set()
-    unplaced = False
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        action = json.loads(line)
-        if "commitInfo" in action:
-            info = action["commitInfo"]
-            stamp = info.get("inCommitTimestamp", info.get("timestamp"))
-            timestamp = int(stamp) if isinstance(stamp, int) else timestamp
-        elif "metaData" in action:
-            table_id = str(action["metaData"].get("id"))
-        for kind in ("add", "remove"):
-            file_action = action.get(kind)
-            if isinstance(file_action, dict) and file_action.get("dataChange", True):
-                month = _action_month(file_action, partition_keys)
-                if month is None:
-                    unplaced = True
-                else:
-                    changed.add(month)
-    return CommitSummary(timestamp, table_id, frozenset(changed), unplaced)
 
 
 _PLAIN = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}

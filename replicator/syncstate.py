@@ -20,6 +20,7 @@ from psycopg import sql
 
 from replicator.config import TableSpec
 from replicator.contract import MonthDigest
+from replicator.deltalog import Since
 from replicator.month import Month
 from replicator.postgres import Session
 
@@ -42,6 +43,18 @@ class SyncState:
     content_schema: str | None = None
     anchor: str = "written"
     verified_at: dt.datetime | None = None
+    delta_schema: str | None = None
+    delta_commit_ms: int | None = None
+
+    def since(self) -> Since:
+        """What the sync recorded of the Delta table, for `DeltaTableReader.month_change`."""
+        return Since(
+            self.delta_version,
+            self.delta_table_id,
+            self.delta_files,
+            self.delta_schema,
+            self.delta_commit_ms,
+        )
 
     def recorded_digest(self) -> MonthDigest | None:
         """The writer's digest of what it copied, if it recorded one of this contract."""
@@ -56,7 +69,7 @@ class SyncState:
 _COLUMNS = sql.SQL(
     "delta_version, row_count, synced_at, run_id, last_failure_at,"
     " last_failure_reason, consecutive_failures, content_digest, delta_table_id, delta_files,"
-    " content_schema, anchor, verified_at"
+    " content_schema, anchor, verified_at, delta_schema, delta_commit_ms"
 )
 
 
@@ -70,6 +83,8 @@ class Anchor:
     content_schema: str
     content_digest: str
     row_count: int
+    delta_schema: str | None = None  # `read_identity` of the table's metadata
+    delta_commit_ms: int | None = None  # the version's commitInfo timestamp
 
 
 def read_sync_state(conn: Session, month: Month) -> SyncState | None:
@@ -136,17 +151,18 @@ HELD_VERSION = sql.SQL(
     " WHERE table_name = $1 AND year_month = $2 FOR UPDATE"
 ).format(SYNC_STATE)
 
-# $1 table, $2 month, $3 run id, then the anchor's fields in `Anchor` order ($4 to $9).
+# $1 table, $2 month, $3 run id, then the anchor's fields in `Anchor` order ($4 to $11).
 RECORD_SYNC = sql.SQL(
     "INSERT INTO {} AS s (table_name, year_month, run_id, delta_version, delta_table_id,"
-    " delta_files, content_schema, content_digest, row_count, synced_at, consecutive_failures,"
-    " anchor, verified_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), 0, 'written', NULL)"
+    " delta_files, content_schema, content_digest, row_count, delta_schema, delta_commit_ms,"
+    " synced_at, consecutive_failures, anchor, verified_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now(), 0, 'written', NULL)"
     " ON CONFLICT (table_name, year_month) DO UPDATE SET"
     " run_id = EXCLUDED.run_id, delta_version = EXCLUDED.delta_version,"
     " delta_table_id = EXCLUDED.delta_table_id, delta_files = EXCLUDED.delta_files,"
     " content_schema = EXCLUDED.content_schema, content_digest = EXCLUDED.content_digest,"
-    " row_count = EXCLUDED.row_count, synced_at = EXCLUDED.synced_at,"
+    " row_count = EXCLUDED.row_count, delta_schema = EXCLUDED.delta_schema,"
+    " delta_commit_ms = EXCLUDED.delta_commit_ms, synced_at = EXCLUDED.synced_at,"
     " consecutive_failures = 0, anchor = 'written', verified_at = NULL"
 ).format(SYNC_STATE)
 
@@ -162,6 +178,8 @@ def record_sync_params(month: Month, run_id: str, anchor: Anchor) -> tuple[Any, 
         anchor.content_schema,
         anchor.content_digest,
         anchor.row_count,
+        anchor.delta_schema,
+        anchor.delta_commit_ms,
     )
 
 
@@ -180,6 +198,7 @@ def reanchor(conn: Session, state: SyncState, anchor: Anchor) -> dt.datetime | N
             sql.SQL(
                 "UPDATE {} SET delta_version = %s, delta_table_id = %s, delta_files = %s,"
                 " content_schema = %s, content_digest = %s, row_count = %s,"
+                " delta_schema = %s, delta_commit_ms = %s,"
                 " anchor = 'verified', verified_at = now()"
                 " WHERE table_name = %s AND year_month = %s"
                 " AND run_id IS NOT DISTINCT FROM %s AND synced_at IS NOT DISTINCT FROM %s"
@@ -194,6 +213,8 @@ def reanchor(conn: Session, state: SyncState, anchor: Anchor) -> dt.datetime | N
                 anchor.content_schema,
                 anchor.content_digest,
                 anchor.row_count,
+                anchor.delta_schema,
+                anchor.delta_commit_ms,
                 state.month.table,
                 state.month.ym,
                 state.run_id,

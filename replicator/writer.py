@@ -326,6 +326,8 @@ class _Transaction:
             content_schema=stream.schema.content_schema,
             content_digest=stream.digest.result().hex,
             row_count=stream.rows,
+            delta_schema=reader.identity,
+            delta_commit_ms=reader.commit_timestamp(reader.version),
         )
         self.session.execute(RECORD_SYNC, record_sync_params(month, self.run_id, anchor))
         try:

@@ -300,7 +300,8 @@ def _field_encodings(kernel: ModuleType, plan: _Plan) -> list[tuple[str, ...]]:
 
 # -- the public API --------------------------------------------------------------------------
 def row_hashes(batch: pa.RecordBatch, columns: tuple[Column, ...]) -> npt.NDArray[np.uint64]:
-    """Each row's hash: lookup3 of `CONTRACT_VERSION` (rh2) + the fields of `columns` (in that order)."""
+    """Each row's hash: lookup3 of `CONTRACT_VERSION` (rh2) + the fields of `columns`, in
+    that order."""
     return _row_hashes(_require(), _plan(_arrays(batch, columns), batch.num_rows))
 
 

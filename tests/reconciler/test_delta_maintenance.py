@@ -264,7 +264,9 @@ MATRIX: list[tuple[Callable[[Case], None], Expect]] = [
     (postgres_column_widened, Expect("in_sync", "in_sync")),
     (
         delta_type_widening,
-        Expect("in_sync", "error", error_words=("TypeWidening", "cannot read"), readable=False),
+        # The type change is a metaData action: the month is recomputed, never assumed
+        # unchanged (#20), and delta-rs cannot read the feature yet.
+        Expect("error", "error", error_words=("TypeWidening", "cannot read"), readable=False),
     ),
     (
         renamed_in_delta_only,

@@ -16,6 +16,7 @@ from deltalake import DeltaTable, write_deltalake
 from reconciler.sample import ranking_signal, write_delta_month
 from replicator.config import TableSpec
 from replicator.delta import ChangeKind, DeltaTableReader
+from replicator.deltalog import Since
 from replicator.yearmonth import YearMonth
 from tests.deltalog import DeltaLog, parse_dv, serialize_dv, z85, z85_decode
 
@@ -49,6 +50,17 @@ def month_keys(table: DeltaTable, month: YearMonth) -> list[str]:
     )
 
 
+def since(reader: DeltaTableReader, month: YearMonth) -> Since:
+    """What a sync of the month at the reader's version would have recorded."""
+    return Since(
+        reader.version,
+        reader.table_id,
+        reader.month_fingerprint(month),
+        reader.identity,
+        reader.commit_timestamp(reader.version),
+    )
+
+
 @pytest.mark.parametrize("inline", [False, True], ids=["on-disk", "inline"])
 def test_delta_rs_hides_the_rows_a_dv_deletes(tmp_path: object, inline: bool) -> None:
     uri = f"{tmp_path}/ranking_signal"
@@ -75,19 +87,9 @@ def test_delta_rs_hides_the_rows_a_dv_deletes(tmp_path: object, inline: bool) ->
     assert reader.month_row_count(SEP) == 50
     assert reader.month_fingerprint(OCT) != before.month_fingerprint(OCT)  # same path, new DV
     assert reader.month_fingerprint(SEP) == before.month_fingerprint(SEP)
-    change = reader.month_change(
-        OCT, version=before.version, table_id=before.table_id, files=before.month_fingerprint(OCT)
-    )
+    change = reader.month_change(OCT, since(before, OCT))
     assert (change.kind, change.since_version) == (ChangeKind.CHANGED, reader.version)
-    assert (
-        reader.month_change(
-            SEP,
-            version=before.version,
-            table_id=before.table_id,
-            files=before.month_fingerprint(SEP),
-        ).kind
-        is ChangeKind.UNCHANGED
-    )
+    assert reader.month_change(SEP, since(before, SEP)).kind is ChangeKind.UNCHANGED
     # A second delete merges with the file's DV; the old DV is read back through our parser.
     log.delete_with_deletion_vectors("2026-10", lambda t: pc.equal(t.column("rank"), 10))
     assert DeltaTableReader(SPEC, uri, {}).month_row_count(OCT) == 189
