@@ -43,6 +43,7 @@ LAST_CYCLE = "reconciler_last_cycle_timestamp_seconds"
 LEADER = "reconciler_leader"
 BUILD_INFO = "reconciler_build_info"
 CIRCUIT_BREAKER_OPEN = "reconciler_auto_repair_circuit_open"
+INVALID_PARTITIONS = "reconciler_delta_invalid_partitions"
 
 
 class MonthView(Protocol):
@@ -146,6 +147,7 @@ EXPORTED_NAMES = frozenset(
         LEADER,
         BUILD_INFO,
         CIRCUIT_BREAKER_OPEN,
+        INVALID_PARTITIONS,
     }
 )
 
@@ -159,8 +161,10 @@ class DaemonView:
     circuit_open: bool
     statuses: tuple[str, ...]  # every value of the month status state set, in order
     status_codes: Mapping[str, int] = field(default_factory=dict)  # status -> exported code
-    # Audited repairs, automatic and manual, by (table, trigger, outcome), from Postgres.
-    repairs: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    # Audited repairs, automatic and manual, by (table, trigger, outcome, mode), from Postgres.
+    repairs: Mapping[tuple[str, str, str, str], int] = field(default_factory=dict)
+    # Delta partition values that are not months, per table (read by the leader).
+    invalid_partitions: Mapping[str, int] = field(default_factory=dict)
 
 
 def status_code_help(codes: Mapping[str, int]) -> str:
@@ -212,8 +216,9 @@ class MonthStateCollector(Collector):
     def _repairs(view: DaemonView) -> Iterable[Metric]:
         repairs = CounterMetricFamily(
             REPAIRS,
-            "Repairs recorded in the repair audit, automatic and manual",
-            labels=["table", "trigger", "outcome"],
+            "Repairs recorded in the repair audit, automatic and manual; mode narrow (the"
+            " differing rows only), full (the month rewritten) or none (nothing written)",
+            labels=["table", "trigger", "outcome", "mode"],
         )
         repair_fails = CounterMetricFamily(
             REPAIR_FAILURES,
@@ -221,8 +226,8 @@ class MonthStateCollector(Collector):
             labels=["table", "trigger"],
         )
         failed: dict[tuple[str, str], int] = {}
-        for (table, trigger, outcome), count in sorted(view.repairs.items()):
-            repairs.add_metric([table, trigger, outcome], count)
+        for (table, trigger, outcome, mode), count in sorted(view.repairs.items()):
+            repairs.add_metric([table, trigger, outcome, mode], count)
             failed[table, trigger] = failed.get((table, trigger), 0)
             if outcome == "failed":
                 failed[table, trigger] += count
@@ -251,6 +256,15 @@ class MonthStateCollector(Collector):
             "1 while auto-repair is suspended because too many months drift",
             value=1.0 if view.circuit_open else 0.0,
         )
+        invalid = GaugeMetricFamily(
+            INVALID_PARTITIONS,
+            "Partition values of the table's Delta year_month that are not months (YYYY-MM):"
+            " their rows belong to no month and are never compared",
+            labels=["table"],
+        )
+        for table, count in sorted(view.invalid_partitions.items()):
+            invalid.add_metric([table], count)
+        yield invalid
         info = GaugeMetricFamily(BUILD_INFO, "Build information", labels=["version"])
         info.add_metric([self._version], 1.0)
         yield info

@@ -450,3 +450,12 @@ def demo(
         )
     except OSError as exc:
         fail(f"demo failed: {exc}")
+
+
+def console() -> None:
+    """The `reconciler` console script: Ctrl-C and SIGTERM cancel what Postgres is doing and exit
+    130 (`replicator.interrupts`); the commands themselves are `main`."""
+    from replicator import interrupts
+
+    interrupts.install()
+    main()

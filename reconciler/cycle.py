@@ -59,7 +59,15 @@ class Reconciler:
             tuple(str(s) for s in EXPORTED),
             {str(s): s.code for s in Status.by_severity()},
             {tuple(map(str, key)): n for key, n in self.repairs.items()},  # type: ignore[misc]
+            self._invalid_partitions(),
         )
+
+    def _invalid_partitions(self) -> dict[str, int]:
+        """Per table, on the leader only (a follower reads no Delta table)."""
+        if not self.context.leader.held:
+            return {}
+        found = self.leading.invalid_partitions
+        return {spec.name: found.get(spec.name, 0) for spec in self.context.settings.tables}
 
     def ready(self) -> tuple[bool, str]:
         if self.problem is not None:
@@ -99,9 +107,12 @@ class Reconciler:
             self.problem = str(exc)
             logger.error("%s", exc, extra=log)
         except PostgresError as exc:
-            up["postgres"] = False
+            if stop.is_set():  # the daemon is stopping: it cancelled the statement itself
+                logger.info("stopping: the statement under way was cancelled", extra=log)
+            else:
+                up["postgres"] = False
+                logger.error("Postgres unavailable: %s", exc, extra=log)
             self.problem = None
-            logger.error("Postgres unavailable: %s", exc, extra=log)
         else:
             self.problem = None
         self.sources_up = dict(up)

@@ -24,9 +24,10 @@ from reconciler.cycle import Reconciler
 from reconciler.leader import LeaderLock
 from reconciler.leading import CycleSummary
 from reconciler.monthstate import MonthStates
+from replicator import interrupts
 from replicator.config import ConfigError, Settings, parse_host_port
 from replicator.errors import InputError, ReplicationError
-from replicator.postgres import Database
+from replicator.postgres import Database, cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +125,17 @@ class Daemon:
             self._reload.set()
             self._wake.set()
 
+        interrupts.disarm()  # the daemon stops gracefully, it is not interrupted
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
 
     def stop(self) -> None:
+        """Ends the loop; a statement under way (a long digest) is cancelled, so that the
+        process stops within seconds, not after the month."""
         self._stop.set()
         self._wake.set()
+        cancel_all("reconciler-daemon", "reconciler-repair")
 
     def serve_metrics(self) -> MetricsServer:
         host, port = parse_host_port(self.settings.daemon.metrics_addr)

@@ -297,12 +297,19 @@ class Demo:
 
     def _next(self, url: str, month: YearMonth, keep_running: bool) -> None:
         env = self.directory / "demo.env"
+        self.say(f"the daemon's /metrics: {url}; its landing page: {url.removesuffix('metrics')}")
         if keep_running:
-            self.say(f"the daemon keeps serving {url} (Ctrl-C to stop; then the Postgres stops)")
-            self.line(f"in another terminal: source {env}; reconciler status")
+            self.line("it keeps serving until Ctrl-C (then the embedded Postgres stops)")
+            self.line(
+                f"in another terminal: source {env}; reconciler check --year-month {month};"
+                " reconciler status"
+            )
         else:
-            self.say("done: `reconciler demo --keep-running` keeps the daemon and its /metrics up")
-        self.line(f"try: source {env}; reconciler check --year-month {month}; reconciler status")
+            # The embedded Postgres stops with this process: a command to try now would fail.
+            self.line(
+                "to look around while it runs: reconciler demo --keep-running, then in another"
+                f" terminal: source {env}; reconciler status"
+            )
 
 
 @dataclass(frozen=True)
@@ -318,6 +325,9 @@ class DemoOptions:
 
 
 def run_demo(options: DemoOptions) -> None:
+    from replicator import interrupts
+
+    interrupts.allow(15.0)  # Ctrl-C: time to stop the embedded Postgres before the process ends
     with demo_folder(options.directory, fresh=options.fresh):
         demo = Demo(options.directory, options.metrics_addr, options.months)
         demo.run(options.keep_running, options.verbose)

@@ -34,7 +34,11 @@ _UPSERT = sql.SQL(
     " VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s, %s,"
     " CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END, %s, %s, %s)"
     " ON CONFLICT (table_name, year_month) DO UPDATE SET status = EXCLUDED.status,"
-    " anchor_key = EXCLUDED.anchor_key, found_deep = EXCLUDED.found_deep,"
+    " anchor_key = EXCLUDED.anchor_key,"
+    # A drift a deep check found keeps its origin while it stands (same anchor, still drift),
+    # so that a plain check that kept it cannot make the next one forget it.
+    " found_deep = EXCLUDED.found_deep OR (m.found_deep AND m.status = 'drift'"
+    " AND EXCLUDED.status = 'drift' AND m.anchor_key IS NOT DISTINCT FROM EXCLUDED.anchor_key),"
     " reason = EXCLUDED.reason, checked_at = EXCLUDED.checked_at,"
     " delta_version = EXCLUDED.delta_version,"
     " synced_version = EXCLUDED.synced_version, delta_rows = EXCLUDED.delta_rows,"

@@ -52,6 +52,7 @@ class LeaderCycle:
         self.snapshots = SnapshotReader(context.settings.tables)
         self.budget = ProofBudget(context.settings.daemon.deep_check_budget)
         self.circuit_open = False
+        self.invalid_partitions: dict[str, int] = {}  # table -> Delta partition values not months
         self._repair_history: collections.deque[dt.datetime] = collections.deque()
         self._remembered = False  # the periodic checks' clocks were read from month_check
         # This cycle's checks: a repair of one of these months starts from its check.
@@ -77,6 +78,17 @@ class LeaderCycle:
         that could not be read, with why."""
         self._remember(conn)
         read = self.snapshots.read(conn, readers, self.context.window(), dt.datetime.now(dt.UTC))
+        self.invalid_partitions = {t: len(v) for t, v in read.invalid_partitions.items()}
+        for table, values in sorted(read.invalid_partitions.items()):
+            shown = ", ".join(repr(v) for v in values[:5]) + (" ..." if len(values) > 5 else "")
+            logger.warning(
+                "Delta table %s has %d partition value(s) that are not months (YYYY-MM): %s;"
+                " their rows belong to no month and are never compared",
+                table,
+                len(values),
+                shown,
+                extra={"table": table},
+            )
         forget_findings(conn, self._observe(read.snapshot))
         self._checked_now.clear()
         planned = plan(read.snapshot, self.months, self.context.periods)

@@ -82,6 +82,7 @@ def migrate(
             logger.info("applied migration %s", migration.version)
             applied.append(migration.version)
         register_tables(conn, tables)
+        warn_about_default_partitions(conn, tables)
         conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
         conn.commit()
     if layout is Layout.PARTITIONED:
@@ -108,3 +109,26 @@ def register_tables(conn: Session, tables: Sequence[TableSpec]) -> None:
                     sql.Identifier(spec.postgres_schema, spec.postgres_table)
                 )
             )
+
+
+def warn_about_default_partitions(conn: Session, tables: Sequence[TableSpec]) -> list[str]:
+    """A DEFAULT partition holds rows of months that have no partition of their own: the
+    writer never puts rows there, and the daemon reports such months as orphaned (or drift)
+    until they are moved or removed. Returns the tables that have one."""
+    found = []
+    for spec in tables:
+        default = conn.scalar(
+            "SELECT partdefid::regclass::text FROM pg_catalog.pg_partitioned_table"
+            " WHERE partrelid = pg_catalog.to_regclass(%s) AND partdefid <> 0",
+            (spec.qualified_name,),
+        )
+        if default:
+            found.append(spec.qualified_name)
+            logger.warning(
+                "%s has a DEFAULT partition (%s): the replicator writes each month into a"
+                " partition of its own, so rows there belong to no synced month; the daemon"
+                " reports their months as orphaned or drift until they are moved or deleted",
+                spec.qualified_name,
+                default,
+            )
+    return found

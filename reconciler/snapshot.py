@@ -29,10 +29,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SnapshotRead:
-    """A cycle's snapshot, and which Delta tables failed while it was read."""
+    """A cycle's snapshot, which Delta tables failed while it was read, and the Delta
+    partition values that are not months."""
 
     snapshot: CycleSnapshot
     unreadable: dict[str, str] = field(default_factory=dict)  # table -> why
+    invalid_partitions: dict[str, list[str]] = field(default_factory=dict)  # table -> values
 
 
 class SnapshotReader:
@@ -55,9 +57,14 @@ class SnapshotReader:
         suspicious, suspicious_months = self._outside.suspicious(conn, self.tables, states)
         readable = set(readers)
         unreadable: dict[str, str] = {}
+        invalid: dict[str, list[str]] = {}
         months: list[MonthMetadata] = []
         for spec in self.tables:
-            present = months_in_postgres(conn, spec, window)
+            present, unbound = months_in_postgres(conn, spec, window)
+            for year_month in unbound:
+                suspicious_months[Month.of(spec, year_month)] = (
+                    "rows of the month in a partition not bound to it alone (a DEFAULT partition)"
+                )
             reader = readers.get(spec.name)
             deltas: dict[YearMonth, DeltaInputs] | None = None
             schema = ""
@@ -67,6 +74,8 @@ class SnapshotReader:
                         m: delta_inputs(reader, m, states.get(Month.of(spec, m))) for m in window
                     }
                     schema = schema_inputs(conn, spec, reader)
+                    if bad := reader.invalid_partitions():
+                        invalid[spec.name] = bad
                 except DeltaError as exc:
                     readable.discard(spec.name)
                     unreadable[spec.name] = str(exc)
@@ -84,7 +93,7 @@ class SnapshotReader:
         snapshot = CycleSnapshot(
             now, tuple(months), frozenset(readable), suspicious, suspicious_months
         )
-        return SnapshotRead(snapshot, unreadable)
+        return SnapshotRead(snapshot, unreadable, invalid)
 
 
 def delta_inputs(
@@ -109,25 +118,28 @@ def schema_inputs(conn: Session, spec: TableSpec, reader: DeltaTableReader) -> s
     return f"{delta}|{postgres}"
 
 
-def months_in_postgres(conn: Session, spec: TableSpec, window: list[YearMonth]) -> set[YearMonth]:
-    """The months of the window holding rows: one index probe per month on a plain table; on a
-    partitioned one, the first row of each month's partition (a probe through the parent would
-    read every partition: the month is a value the planner cannot prune by in advance)."""
+_PARTITIONS = (
+    "SELECT substring(pg_catalog.pg_get_expr(p.relpartbound, p.oid)"
+    " FROM '^FOR VALUES IN \\(''([0-9]{4}-[0-9]{2})''\\)$'), n.nspname, p.relname"
+    " FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhrelid"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace"
+    " WHERE i.inhparent = %s::regclass"
+)
+
+
+def months_in_postgres(
+    conn: Session, spec: TableSpec, window: list[YearMonth]
+) -> tuple[set[YearMonth], set[YearMonth]]:
+    """The months of the window holding rows, and those of them with rows in a partition not
+    bound to that month alone (a DEFAULT partition, or one bound to several values): one index
+    probe per month on a plain table or such a partition; on a partition of one month, its
+    first row (a probe through the parent would read every partition: the month is a value the
+    planner cannot prune by in advance)."""
     wanted = {str(m): m for m in window}
-    partitions = conn.fetchall(
-        "SELECT substring(pg_catalog.pg_get_expr(p.relpartbound, p.oid)"
-        " FROM 'IN \\(''([0-9-]+)''\\)'), n.nspname, p.relname"
-        " FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhrelid"
-        " JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace"
-        " WHERE i.inhparent = %s::regclass",
-        (spec.qualified_name,),
-    )
+    partitions = conn.fetchall(_PARTITIONS, (spec.qualified_name,))
     if not partitions:  # a plain table (or a partitioned one with no partition yet)
-        query = sql.SQL(
-            "SELECT m FROM unnest(%s::text[]) AS m"
-            " WHERE EXISTS (SELECT 1 FROM {} WHERE year_month = m)"
-        ).format(sql.Identifier(spec.postgres_schema, spec.postgres_table))
-        return {wanted[row[0]] for row in conn.fetchall(query, (list(wanted),))}
+        table = sql.Identifier(spec.postgres_schema, spec.postgres_table)
+        return _probed(conn, table, wanted), set()
     probes = [
         sql.SQL("SELECT {} WHERE EXISTS (SELECT 1 FROM {} LIMIT 1)").format(
             sql.Literal(month), sql.Identifier(schema, name)
@@ -135,6 +147,19 @@ def months_in_postgres(conn: Session, spec: TableSpec, window: list[YearMonth]) 
         for month, schema, name in partitions
         if month in wanted
     ]
-    if not probes:
-        return set()
-    return {wanted[row[0]] for row in conn.fetchall(sql.SQL(" UNION ALL ").join(probes))}
+    present: set[YearMonth] = set()
+    if probes:
+        present = {wanted[r[0]] for r in conn.fetchall(sql.SQL(" UNION ALL ").join(probes))}
+    unbound: set[YearMonth] = set()
+    for month, schema, name in partitions:
+        if month is None:
+            unbound |= _probed(conn, sql.Identifier(schema, name), wanted)
+    return present | unbound, unbound
+
+
+def _probed(conn: Session, table: sql.Identifier, wanted: dict[str, YearMonth]) -> set[YearMonth]:
+    """The months of `wanted` holding a row of `table` (an index probe each)."""
+    query = sql.SQL(
+        "SELECT m FROM unnest(%s::text[]) AS m WHERE EXISTS (SELECT 1 FROM {} WHERE year_month = m)"
+    ).format(table)
+    return {wanted[row[0]] for row in conn.fetchall(query, (list(wanted),))}

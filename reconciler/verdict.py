@@ -192,7 +192,7 @@ def _classify(facts: MonthFacts) -> Verdict:
         return _unchanged(facts, as_synced, as_now)
     if facts.change is ChangeKind.CHANGED:
         if as_synced:
-            return Verdict(Status.LAGGING, facts.change_reason or "Delta changed the month")
+            return _changed_but_held(facts, as_now)
         if as_synced is None and facts.as_synced is not None:
             raise Undecided(frozenset({Evidence.POSTGRES, Evidence.AS_SYNCED}))
         return _against_now(facts, as_now)
@@ -209,7 +209,21 @@ def _classify(facts: MonthFacts) -> Verdict:
             f"{facts.change_reason}; Postgres holds the month as synced at version "
             f"{facts.synced_version}, Delta's latest differs",
         )
-    return _drift(facts, facts.delta_now, "the latest Delta version")
+    return _drift(facts, facts.delta_now)
+
+
+def _changed_but_held(facts: MonthFacts, as_now: bool | None) -> Verdict:
+    """Delta rewrote the month and Postgres holds what was synced: lagging, unless the rewrite
+    wrote the same rows (a whole-table overwrite, a REPLACE keeping the table id), which the
+    digest of the latest version proves (then the anchor moves there)."""
+    lagging = Verdict(Status.LAGGING, facts.change_reason or "Delta changed the month")
+    if facts.in_flight:
+        return lagging
+    if facts.delta_now is not None and facts.delta_now.rows != facts.postgres_rows:
+        return lagging  # other rows, by the count alone
+    if as_now is None:
+        raise Undecided(frozenset({Evidence.POSTGRES, Evidence.DELTA_NOW}))
+    return _verified(facts) if as_now else lagging
 
 
 def _unchanged(facts: MonthFacts, as_synced: bool | None, as_now: bool | None) -> Verdict:
@@ -219,7 +233,7 @@ def _unchanged(facts: MonthFacts, as_synced: bool | None, as_now: bool | None) -
         if as_now is None:
             raise Undecided(frozenset({Evidence.POSTGRES, Evidence.DELTA_NOW}))
         if not as_now:
-            return _drift(facts, facts.delta_now, f"Delta version {facts.latest_version}")
+            return _drift(facts, facts.delta_now)
         if facts.in_flight:
             return Verdict(Status.LAGGING, "replication in flight")
         return _verified(facts)
@@ -227,8 +241,8 @@ def _unchanged(facts: MonthFacts, as_synced: bool | None, as_now: bool | None) -
     if decided is None:
         raise Undecided(frozenset({Evidence.POSTGRES, Evidence.AS_SYNCED}))
     if not decided:
-        expected = facts.delta_now if as_now is not None else facts.as_synced
-        return _drift(facts, expected, f"Delta version {facts.synced_version}")
+        # The month is unchanged since the sync: the latest version holds what was synced.
+        return _drift(facts, facts.delta_now if as_now is not None else facts.as_synced)
     if facts.in_flight:
         return Verdict(Status.LAGGING, "replication in flight")
     return Verdict(Status.IN_SYNC, verified=as_now is True)
@@ -240,9 +254,9 @@ def _against_now(facts: MonthFacts, as_now: bool | None) -> Verdict:
         raise Undecided(frozenset({Evidence.POSTGRES, Evidence.DELTA_NOW}))
     if as_now:
         return _verified(facts)
-    return _drift(
-        facts, facts.as_synced or facts.delta_now, f"Delta version {facts.synced_version}"
-    )
+    if facts.as_synced is not None:
+        return _drift(facts, facts.as_synced, f"Delta version {facts.synced_version}, synced")
+    return _drift(facts, facts.delta_now)
 
 
 def _verified(facts: MonthFacts) -> Verdict:
@@ -252,7 +266,9 @@ def _verified(facts: MonthFacts) -> Verdict:
     return Verdict(Status.IN_SYNC, reason, verified=True)
 
 
-def _drift(facts: MonthFacts, expected: Digest | None, what: str) -> Verdict:
+def _drift(facts: MonthFacts, expected: Digest | None, what: str = "") -> Verdict:
+    """Drift, named against the content compared: by default the latest version's."""
+    what = what or f"Delta version {facts.latest_version}"
     held = (
         facts.postgres_as_synced
         if facts.schema_changed and expected is facts.as_synced
@@ -294,6 +310,12 @@ class ReportFacts:
     change_reason: str = ""
 
 
+# Findings a Delta change since the sync turns into lag: what the comparison found of the
+# content is no longer what Delta holds. (A drift stands; a month absent from Delta stays
+# orphaned, never synced missing, and an error is still one, whatever Delta did since.)
+_CHANGE_MEANS_LAG = frozenset({Status.IN_SYNC, Status.UNKNOWN, Status.LAGGING})
+
+
 def reported(facts: ReportFacts) -> Verdict:
     """The status a report shows: `in_sync` only when everything vouches for it (the daemon
     found it in sync after its latest sync, and Delta has not changed it since)."""
@@ -304,7 +326,7 @@ def reported(facts: ReportFacts) -> Verdict:
         found = Verdict(Status.UNKNOWN, "synced since the daemon's last check")
     if not facts.delta_readable:
         return Verdict(Status.ERROR, "the Delta table cannot be read")
-    if facts.change is ChangeKind.CHANGED and found.status is not Status.DRIFT:
+    if facts.change is ChangeKind.CHANGED and found.status in _CHANGE_MEANS_LAG:
         return Verdict(Status.LAGGING, facts.change_reason)
     if facts.change is ChangeKind.UNKNOWN and found.status is Status.IN_SYNC:
         return Verdict(Status.UNKNOWN, f"{facts.change_reason}: the daemon will recompute it")

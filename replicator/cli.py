@@ -106,3 +106,12 @@ def write(  # noqa: PLR0913 (click passes every option of the command as an argu
     if failed:
         raise SystemExit(EXIT_ERROR)
     raise SystemExit(EXIT_OK)
+
+
+def console() -> None:
+    """The `replicator` console script: Ctrl-C and SIGTERM cancel what Postgres is doing and exit
+    130 (`replicator.interrupts`); the commands themselves are `main`."""
+    from replicator import interrupts
+
+    interrupts.install()
+    main()

@@ -55,6 +55,12 @@ class CommandFailed(Exception):
         self.code = code
 
 
+def _interrupted() -> bool:
+    """Whether an interrupt is what stopped the command (see `replicator.interrupts`)."""
+    module = sys.modules.get("replicator.interrupts")
+    return bool(module is not None and module.requested())
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     raise CommandFailed(message, code)
 
@@ -101,15 +107,19 @@ class Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (KeyboardInterrupt, click.Abort):
+            self._interrupted(ctx)
+        except ReplicationError as exc:
+            if _interrupted():  # the statement it failed on was cancelled by the interrupt
+                self._interrupted(ctx)
+            self._report(ctx, str(exc), exit_code_for(exc))
         except CommandFailed as failed:
             self._report(ctx, str(failed), failed.code)
-        except ReplicationError as exc:
-            self._report(ctx, str(exc), exit_code_for(exc))
         except click.ClickException as exc:
             if not ctx.meta.get("json_output"):
                 raise
             self._report(ctx, exc.format_message(), exc.exit_code)
-        except (click.exceptions.Exit, click.Abort, SystemExit):
+        except (click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:  # a bug or an unforeseen failure: still one line, exit 2
             if ctx.meta.get("verbose"):
@@ -120,6 +130,34 @@ class Commands(click.Group):
                 " (run with -v for the traceback)",
                 EXIT_ERROR,
             )
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Usage errors too are one `error:` line, exit 2 (click would print its usage block);
+        `--help` and `--version` are unchanged."""
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.UsageError as exc:
+            message = one_line(exc.format_message()).rstrip(".")
+            command = exc.ctx.command_path if exc.ctx is not None else self.name
+            argv = list(kwargs.get("args") or (args[0] if args else sys.argv[1:]) or [])
+            if "--json" in argv:
+                emit_json({"status": "error", "error": message})
+            click.echo(f"error: {message} (see `{command} --help`)", err=True)
+            sys.exit(EXIT_ERROR)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            from replicator.interrupts import EXIT_INTERRUPTED, outcome
+
+            click.echo(f"error: {outcome()}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+
+    @classmethod
+    def _interrupted(cls, ctx: click.Context) -> NoReturn:
+        from replicator.interrupts import EXIT_INTERRUPTED, outcome
+
+        cls._report(ctx, outcome(), EXIT_INTERRUPTED)
 
     @staticmethod
     def _report(ctx: click.Context, message: str, code: int) -> NoReturn:

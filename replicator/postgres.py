@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+import threading
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,6 +44,59 @@ LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 INSUFFICIENT_PRIVILEGE = "42501"
 SERIALIZATION_FAILURE = "40001"
+
+
+class _OpenSessions:
+    """Every session of this process that is open, so that an interrupt can cancel what they
+    run and a watch can tell which of them waits for a lock."""
+
+    def __init__(self) -> None:
+        self._sessions: weakref.WeakSet[Session | AdbcSession] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, session: Session | AdbcSession) -> None:
+        with self._lock:
+            self._sessions.add(session)
+
+    def discard(self, session: Session | AdbcSession) -> None:
+        with self._lock:
+            self._sessions.discard(session)
+
+    def all(self) -> list[Session | AdbcSession]:
+        with self._lock:
+            return list(self._sessions)
+
+
+OPEN = _OpenSessions()
+
+
+class _Commits:
+    """How many transactions this process committed (what an interrupt may say it changed)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+COMMITS = _Commits()
+
+
+def cancel_all(*applications: str) -> int:
+    """Asks the server to cancel the statement of every open session (of these application
+    names, when given), from any thread, a signal's included; returns how many were running
+    one."""
+    running = [
+        s
+        for s in OPEN.all()
+        if s.busy_since is not None and (not applications or s.db.application_name in applications)
+    ]
+    for session in running:
+        session.cancel()
+    return len(running)
 
 
 def one_line(text: str) -> str:
@@ -154,6 +211,27 @@ def _connect_failure(text: str) -> str:
     return one_line(cause.removeprefix("FATAL: ").strip())
 
 
+_ADBC_PLAIN_CALLS: list[bool] = []
+
+
+def adbc_without_own_sigint() -> None:
+    """For a process with its own SIGINT handling (`replicator.interrupts`): ADBC puts its own
+    handler in place around each blocking call (`_blocking_call`, adbc_driver_manager's
+    `_lib.pyx`), which cancels that one statement and swallows the signal, so the command saw a
+    failed statement, not an interrupt. The interrupt handler cancels every session, ADBC's
+    included (`AdbcSession.cancel`), for SIGTERM too; so ADBC calls run plainly. Applied when
+    the DB-API module is first imported (it is lazy). The name is private: should a release
+    drop it, ADBC keeps its handler, and Ctrl-C still cancels, reported as a failure."""
+    _ADBC_PLAIN_CALLS[:] = [True]
+    dbapi = sys.modules.get("adbc_driver_manager.dbapi")
+    if dbapi is not None and hasattr(dbapi, "_blocking_call"):
+        dbapi._blocking_call = _plain_call  # type: ignore[attr-defined]  # private: see above
+
+
+def _plain_call(func: Any, args: Any, kwargs: Any, _cancel: Any) -> Any:
+    return func(*args, **kwargs)
+
+
 @dataclass(frozen=True)
 class Database:
     """One Postgres database, as one application (the name shows in `pg_stat_activity`)."""
@@ -243,6 +321,8 @@ class Database:
         # a fifth of a second that a command reading no Arrow should not pay.
         import adbc_driver_postgresql.dbapi as adbc
 
+        if _ADBC_PLAIN_CALLS:
+            adbc_without_own_sigint()
         try:
             return AdbcSession(self, adbc.connect(self.conninfo()))
         except adbc_driver_manager.Error as exc:
@@ -273,6 +353,9 @@ class Session:
     def __init__(self, db: Database, conn: psycopg.Connection[Any]) -> None:
         self.db = db
         self._conn = conn
+        self.busy_since: float | None = None  # monotonic time the running statement began
+        self.pid: int | None = int(conn.info.backend_pid)
+        OPEN.add(self)
 
     def __enter__(self) -> Session:
         return self
@@ -282,10 +365,13 @@ class Session:
 
     @contextlib.contextmanager
     def _errors(self, what: str | None) -> Iterator[None]:
+        self.busy_since = time.monotonic()
         try:
             yield
         except psycopg.Error as exc:
             raise self.db.error(exc, what or f"Postgres at {self.db.target} failed") from None
+        finally:
+            self.busy_since = None
 
     def execute(
         self,
@@ -329,10 +415,12 @@ class Session:
         """A transaction (a savepoint inside one) committed at the end of the block."""
         with self._errors(None), self._conn.transaction():
             yield
+        COMMITS.tick()
 
     def commit(self) -> None:
         with self._errors(None):
             self._conn.commit()
+        COMMITS.tick()
 
     def rollback(self) -> None:
         """Ends the transaction, best effort: on a connection already lost there is nothing to
@@ -363,8 +451,8 @@ class Session:
         return bool(self._conn.autocommit)
 
     @property
-    def backend_pid(self) -> int:
-        return int(self._conn.info.backend_pid)
+    def backend_pid(self) -> int | None:
+        return self.pid
 
     def cancel(self) -> None:
         """Asks the server to cancel the statement running on this session (from any thread,
@@ -383,6 +471,7 @@ class Session:
         return True
 
     def close(self) -> None:
+        OPEN.discard(self)
         with contextlib.suppress(psycopg.Error):
             self._conn.close()
 
@@ -411,6 +500,12 @@ class AdbcSession:
         self.db = db
         self._conn = conn
         self._cursor = conn.cursor()
+        self.busy_since: float | None = None
+        self._backend_pid: int | None = None
+        with contextlib.suppress(adbc_driver_manager.Error):
+            self._cursor.execute("SELECT pg_catalog.pg_backend_pid()")
+            self._backend_pid = int(self._cursor.fetchall()[0][0])
+        OPEN.add(self)
 
     def __enter__(self) -> AdbcSession:
         return self
@@ -420,10 +515,23 @@ class AdbcSession:
 
     @contextlib.contextmanager
     def errors(self, what: str | None = None) -> Iterator[None]:
+        self.busy_since = time.monotonic()
         try:
             yield
         except adbc_driver_manager.Error as exc:
             raise self.db.error(exc, what or f"Postgres at {self.db.target} failed") from None
+        finally:
+            self.busy_since = None
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process of this session (asked once, when it opened)."""
+        return self._backend_pid
+
+    def cancel(self) -> None:
+        """Asks the server to cancel the running statement (from any thread); never raises."""
+        with contextlib.suppress(adbc_driver_manager.Error, AttributeError):
+            self._cursor.adbc_cancel()
 
     def autocommit(self, on: bool) -> None:
         with self.errors():
@@ -474,6 +582,7 @@ class AdbcSession:
     def commit(self) -> None:
         with self.errors():
             self._conn.commit()
+        COMMITS.tick()
 
     def rollback(self) -> None:
         """Best effort: the connection may be gone, and then there is nothing to roll back."""
@@ -481,6 +590,7 @@ class AdbcSession:
             self._conn.rollback()
 
     def close(self) -> None:
+        OPEN.discard(self)
         with contextlib.suppress(adbc_driver_manager.Error):
             self._cursor.close()
         with contextlib.suppress(adbc_driver_manager.Error):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -110,6 +111,11 @@ class WriteOptions:
     # Before the commit, digest the month as Postgres now holds it, inside the transaction, and
     # roll back unless it equals the digest of the rows copied (what a repair proves).
     prove: bool = False
+
+
+def _interrupted() -> bool:
+    module = sys.modules.get("replicator.interrupts")
+    return bool(module is not None and module.requested())
 
 
 def new_run_id() -> str:
@@ -428,6 +434,8 @@ class MonthWriter:
                 month.table, month.ym, WriteStatus.STALE, run_id=self.run_id, message=str(exc)
             )
         except ReplicationError as exc:
+            if _interrupted():  # Ctrl-C cancelled the statement: stop, nothing failed
+                raise KeyboardInterrupt from exc
             self._record_failure(db, month, str(exc))
             logger.error("replication of %s failed: %s", month, exc, extra=log)
             if required:

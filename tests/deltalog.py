@@ -254,3 +254,155 @@ class DeltaLog:
             actions.append({"protocol": upgraded})
         actions.append({"metaData": dict(metadata, schemaString=json.dumps(schema))})
         return self.commit(actions, "CHANGE COLUMN")
+
+    # -- metadata that changes how files read, and history rewritten ------------------------
+    def _mapped(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        _, metadata = self.snapshot()[:2]
+        assert metadata.get("configuration", {}).get("delta.columnMapping.mode") in ("name", "id")
+        return metadata, json.loads(metadata["schemaString"])
+
+    def remap_column(self, name: str) -> int:
+        """DROP COLUMN then ADD COLUMN of the same name under column mapping, in one metaData
+        action: the column gets a new physical name (and id), so every value in the existing
+        files reads as NULL; no data file changes."""
+        metadata, schema = self._mapped()
+        configuration = dict(metadata.get("configuration") or {})
+        next_id = int(configuration.get("delta.columnMapping.maxColumnId", "100")) + 1
+        for field in schema["fields"]:
+            if field["name"] == name:
+                field["metadata"]["delta.columnMapping.id"] = next_id
+                field["metadata"]["delta.columnMapping.physicalName"] = f"col-{uuid.uuid4()}"
+        configuration["delta.columnMapping.maxColumnId"] = str(next_id)
+        changed = dict(metadata, schemaString=json.dumps(schema), configuration=configuration)
+        return self.commit([{"metaData": changed}], "ADD COLUMNS")
+
+    def swap_physical_names(self, first: str, second: str) -> int:
+        """A metaData action that swaps two columns' physical names: each now reads the other's
+        values; the logical names and types stay."""
+        metadata, schema = self._mapped()
+        by_name = {f["name"]: f for f in schema["fields"]}
+        a, b = by_name[first]["metadata"], by_name[second]["metadata"]
+        key = "delta.columnMapping.physicalName"
+        a[key], b[key] = b[key], a[key]
+        return self.commit(
+            [{"metaData": dict(metadata, schemaString=json.dumps(schema))}], "CHANGE COLUMN"
+        )
+
+    def strip_num_records(self, version: int) -> None:
+        """Removes `numRecords` from the statistics of every add action of a commit (a writer
+        that records no statistics)."""
+        path = self.log / f"{version:020d}.json"
+        lines = []
+        for line in path.read_text().splitlines():
+            action = json.loads(line)
+            if "add" in action and action["add"].get("stats"):
+                stats = json.loads(action["add"]["stats"])
+                stats.pop("numRecords", None)
+                action["add"]["stats"] = json.dumps(stats)
+            lines.append(json.dumps(action))
+        path.write_text("\n".join(lines) + "\n")
+
+    def rewrite_last_commit(self, year_month: str, rows: pa.Table) -> int:
+        """The latest commit deleted and a commit with the same version number written that
+        replaces the month's files with `rows` (same table id): what a lost commit on an object
+        store without a log store looks like. Only the JSON commit changes; no checkpoint."""
+        version = self.versions()[-1]
+        (self.log / f"{version:020d}.json").unlink()
+        _, _, files = self.snapshot()
+        folder = f"year_month={year_month}"
+        (self.root / folder).mkdir(exist_ok=True)
+        name = f"{folder}/part-rewritten-{uuid.uuid4()}.snappy.parquet"
+        pq.write_table(rows.drop_columns(["year_month"]), self.root / name)
+        now = int(time.time() * 1000)
+        actions: list[dict[str, Any]] = [
+            {
+                "remove": {
+                    "path": path,
+                    "deletionTimestamp": now,
+                    "dataChange": True,
+                    "extendedFileMetadata": True,
+                    "partitionValues": add["partitionValues"],
+                    "size": add["size"],
+                }
+            }
+            for path, add in sorted(files.items())
+            if add["partitionValues"].get("year_month") == year_month
+        ]
+        actions.append(
+            {
+                "add": {
+                    "path": name,
+                    "partitionValues": {"year_month": year_month},
+                    "size": (self.root / name).stat().st_size,
+                    "modificationTime": now,
+                    "dataChange": True,
+                    "stats": json.dumps({"numRecords": rows.num_rows}),
+                }
+            }
+        )
+        info = {"commitInfo": {"timestamp": now + 1, "operation": "WRITE"}}
+        with (self.log / f"{version:020d}.json").open("x") as out:
+            for action in [info, *actions]:
+                out.write(json.dumps(action) + "\n")
+        return version
+
+    def undelete_claiming_no_change(self, year_month: str) -> int:
+        """A writer that lies: the month's files re-added without their deletion vectors (the
+        deleted rows come back) in a commit that says `dataChange: false`, as a compaction
+        would. Metadata cannot tell this from an OPTIMIZE; only the rows can."""
+        _, _, files = self.snapshot()
+        actions: list[dict[str, Any]] = []
+        for path, add in sorted(files.items()):
+            if add["partitionValues"].get("year_month") != year_month or not add.get(
+                "deletionVector"
+            ):
+                continue
+            removed = {
+                "path": path,
+                "deletionTimestamp": int(time.time() * 1000),
+                "dataChange": False,
+                "extendedFileMetadata": True,
+                "partitionValues": add["partitionValues"],
+                "size": add["size"],
+                "deletionVector": add["deletionVector"],
+            }
+            plain = {k: v for k, v in add.items() if k != "deletionVector"}
+            actions += [{"remove": removed}, {"add": dict(plain, dataChange=False)}]
+        return self.commit(actions, "OPTIMIZE")
+
+    def move_deletion_vectors_claiming_no_change(self, year_month: str) -> int:
+        """A writer that lies more quietly: each DV of the month replaced by one that hides as
+        many other rows (the count stays, the rows change), in a `dataChange: false` commit."""
+        _, _, files = self.snapshot()
+        actions: list[dict[str, Any]] = []
+        for path, add in sorted(files.items()):
+            if add["partitionValues"].get("year_month") != year_month or not add.get(
+                "deletionVector"
+            ):
+                continue
+            hidden = self.deleted_positions(add)
+            rows = json.loads(add["stats"])["numRecords"]
+            moved = {(p + 1) % rows for p in hidden}
+            assert len(moved) == len(hidden) and moved != hidden
+            bitmap = serialize_dv(moved)
+            padded = bitmap + b"\0" * (-len(bitmap) % 4)
+            dv = {
+                "storageType": "i",
+                "pathOrInlineDv": z85(padded),
+                "sizeInBytes": len(bitmap),
+                "cardinality": len(moved),
+            }
+            removed = {
+                "path": path,
+                "deletionTimestamp": int(time.time() * 1000),
+                "dataChange": False,
+                "extendedFileMetadata": True,
+                "partitionValues": add["partitionValues"],
+                "size": add["size"],
+                "deletionVector": add["deletionVector"],
+            }
+            actions += [
+                {"remove": removed},
+                {"add": dict(add, dataChange=False, deletionVector=dv)},
+            ]
+        return self.commit(actions, "OPTIMIZE")

@@ -10,8 +10,9 @@ from typing import Any
 
 
 class CommitSwallowingProxy:
-    """Forwards Postgres traffic. On a connection that ran a COPY, it forwards the COMMIT, lets
-    the server commit, and cuts the client off before the answer: a lost acknowledgement."""
+    """Forwards Postgres traffic. On a connection that copied rows in (`COPY ... FROM STDIN`;
+    ADBC reads results with `COPY ... TO STDOUT` too), it forwards the COMMIT, lets the server
+    commit, and cuts the client off before the answer: a lost acknowledgement."""
 
     def __init__(self, upstream: tuple[int, Any]) -> None:
         self.upstream = upstream  # (address family, address)
@@ -44,7 +45,7 @@ class CommitSwallowingProxy:
         copied = False
         try:
             while data := client.recv(65536):
-                copied = copied or b"COPY" in data
+                copied = copied or b"FROM STDIN" in data
                 if copied and b"COMMIT" in data:
                     cut.set()  # from now on nothing goes back to the client
                     server.sendall(data)

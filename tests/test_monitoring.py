@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client.exposition import generate_latest
 
@@ -224,7 +223,6 @@ def test_the_alerts_parameters_match_the_daemon_and_the_deployment() -> None:
     assert config["proof_margin_seconds"] > 0
 
 
-@pytest.mark.xfail(reason="daemon.deep_check_period_seconds default 3600: issue 19", strict=False)
 def test_the_proof_max_age_is_the_daemons_deep_check_period() -> None:
     config = yaml.safe_load(CONFIG.read_text())
     assert DaemonSettings().deep_check_period_seconds == config["proof_max_age_seconds"]

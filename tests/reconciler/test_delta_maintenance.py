@@ -11,6 +11,7 @@ month gone from Delta).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from psycopg import sql
 from reconciler.check import Checker
 from reconciler.cli import main
 from reconciler.daemon import Daemon
+from reconciler.diff import Differ
 from reconciler.sample import ranking_signal, write_delta_month
 from replicator.config import DaemonSettings, Settings, TableSpec, with_overrides
 from replicator.month import Month
+from replicator.postgres import Database
 from replicator.writer import MonthWriter
 from replicator.yearmonth import YearMonth
 from tests.deltalog import DeltaLog
@@ -232,6 +235,45 @@ def month_deleted(case: Case) -> None:
     case.delta().delete(MONTH)
 
 
+# -- round 2 (#20): metadata that changes rows, rewritten history, stats missing, rewrites ----
+def column_dropped_and_added_again(case: Case) -> None:
+    """Column mapping: a new physical name, so every old value now reads as NULL."""
+    case.log().remap_column("value")
+
+
+def physical_names_swapped(case: Case) -> None:
+    case.log().swap_physical_names("entity_id", "signal_name")
+
+
+def history_rewritten(case: Case) -> None:
+    """The synced (latest) commit replaced by another with the same number and other rows."""
+    case.log().rewrite_last_commit("2026-10", ranking_signal(OCT, 120, seed=77))
+
+
+def dv_on_a_file_without_statistics(case: Case) -> None:
+    log = case.log()
+    assert log.delete_with_deletion_vectors("2026-10", lambda t: pc.less(t.column("rank"), 10))
+    log.strip_num_records(log.versions()[-1])
+
+
+def whole_table_overwritten_with_the_same_rows(case: Case) -> None:
+    same = case.delta().to_pyarrow_table()
+    write_deltalake(case.uri, same, mode="overwrite", partition_by=["year_month"])
+
+
+def table_replaced_with_the_same_rows(case: Case) -> None:
+    same = case.delta().to_pyarrow_table()
+    write_deltalake(
+        case.uri, same, mode="overwrite", schema_mode="overwrite", partition_by=["year_month"]
+    )
+
+
+def dv_hiding_every_row(case: Case) -> None:
+    assert case.log().delete_with_deletion_vectors(
+        "2026-10", lambda t: pc.greater_equal(t.column("rank"), 0)
+    )
+
+
 @dataclass(frozen=True)
 class Expect:
     check: str
@@ -281,6 +323,13 @@ MATRIX: list[tuple[Callable[[Case], None], Expect]] = [
     (recreated_with_the_same_rows, Expect("in_sync", "in_sync")),
     (recreated_with_other_rows, Expect("lagging", "lagging")),
     (month_deleted, Expect("orphaned", "orphaned")),
+    (column_dropped_and_added_again, Expect("lagging", "lagging", column_mapping=True)),
+    (physical_names_swapped, Expect("lagging", "lagging", column_mapping=True)),
+    (history_rewritten, Expect("lagging", "lagging")),
+    (dv_on_a_file_without_statistics, Expect("lagging", "lagging")),
+    (whole_table_overwritten_with_the_same_rows, Expect("in_sync", "in_sync")),
+    (table_replaced_with_the_same_rows, Expect("in_sync", "in_sync")),
+    (dv_hiding_every_row, Expect("orphaned", "orphaned")),
 ]
 
 
@@ -381,6 +430,18 @@ def test_delta_maintenance_matrix(
         if expect.check != "error":  # an error is retried every cycle; anything else settled
             assert daemon.run_cycle().checked == 0
         assert checker.check(Month.of(SPEC, OCT)).status == expect.check
+        # A restarted daemon (a new process) says the same after its first cycle.
+        restarted = Daemon(lambda: configured)
+        try:
+            restarted.run_cycle()
+            again = restarted.months[month_key(TABLE, "2026-10")]
+            assert again.status == expect.check, again.record.reason
+        finally:
+            restarted.stop()
+            restarted.leader.release()
+        if expect.deep in ("in_sync", "drift") and expect.readable:
+            found = Differ(Database.for_settings(configured), configured).diff(Month.of(SPEC, OCT))
+            assert (found.found == 0) == (expect.deep == "in_sync"), found.as_dict()
         gate = CliRunner().invoke(
             main,
             ["status", "--require-in-sync", "--json", "--config", str(_config(tmp_path))],
@@ -388,6 +449,12 @@ def test_delta_maintenance_matrix(
         )
         in_sync = expect.check == "in_sync"
         assert gate.exit_code == (0 if in_sync else 1), gate.output
+        (month,) = [
+            m
+            for m in json.loads(gate.stdout)["months"]
+            if (m["table"], m["year_month"]) == (TABLE, "2026-10")
+        ]
+        assert month["status"] == expect.check, month
     finally:
         daemon.stop()
         daemon.leader.release()

@@ -92,10 +92,36 @@ CASES = [
         False,
     ),
     (
-        "changed, Postgres as synced: lag",
-        facts(SYNCED, change=CHANGED, change_reason="Delta changed the month at version 4"),
+        "changed, Postgres as synced, Delta has other rows by count: lag",
+        facts(
+            SYNCED,
+            change=CHANGED,
+            change_reason="Delta changed the month at version 4",
+            delta_now=Digest(12),
+        ),
         Status.LAGGING,
         "version 4",
+        False,
+    ),
+    (
+        "changed, Postgres as synced, same count, other rows: lag",
+        facts(SYNCED, change=CHANGED, delta_now=B),
+        Status.LAGGING,
+        "",
+        False,
+    ),
+    (
+        "changed, but rewritten with the same rows: in sync, re-anchored",
+        facts(SYNCED, change=CHANGED, change_reason="overwritten at version 4", delta_now=A),
+        Status.IN_SYNC,
+        "verified",
+        True,
+    ),
+    (
+        "changed, same rows, but a writer holds the month: lag",
+        facts(SYNCED, change=CHANGED, delta_now=A, in_flight=True),
+        Status.LAGGING,
+        "",
         False,
     ),
     (
@@ -114,7 +140,14 @@ CASES = [
     ),
     (
         "changed and the schema changed: Postgres under the sync's columns decides the lag",
-        facts(SYNCED, change=CHANGED, schema_changed=True, postgres=B, postgres_as_synced=A),
+        facts(
+            SYNCED,
+            change=CHANGED,
+            schema_changed=True,
+            postgres=B,
+            postgres_as_synced=A,
+            delta_now=Digest(11),
+        ),
         Status.LAGGING,
         "",
         False,
@@ -137,7 +170,7 @@ CASES = [
         "unknown, Postgres neither: drift",
         facts(SYNCED, change=UNKNOWN, postgres=C, delta_now=B),
         Status.DRIFT,
-        "latest Delta version",
+        "Delta version 5",
         False,
     ),
     (
@@ -173,6 +206,20 @@ CASES = [
         Status.ERROR,
         "claims Delta version 3",
         False,
+    ),
+    (
+        "a drift a deep check found stands over a plain check's in_sync",
+        facts(SYNCED, standing_drift="row hashes differ from Delta version 5"),
+        Status.DRIFT,
+        "found by a deep check",
+        False,
+    ),
+    (
+        "a new deep check decides afresh",
+        facts(SYNCED, as_synced=None, delta_now=A, deep=True, standing_drift="earlier drift"),
+        Status.IN_SYNC,
+        "verified",
+        True,
     ),
     ("never synced, in Delta", NEVER, Status.MISSING, "never synced", False),
     (
@@ -242,6 +289,11 @@ UNDECIDED = [
         facts(
             SYNCED, change=UNKNOWN, postgres=Digest(10), as_synced=Digest(10), delta_now=Digest(10)
         ),
+        {Evidence.POSTGRES, Evidence.DELTA_NOW},
+    ),
+    (
+        "changed, Postgres as synced, equal counts: is the rewrite the same rows?",
+        facts(SYNCED, change=CHANGED, delta_now=Digest(10)),
         {Evidence.POSTGRES, Evidence.DELTA_NOW},
     ),
     (
